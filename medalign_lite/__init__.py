@@ -1,0 +1,2 @@
+"""medalign_lite."""
+__version__ = "0.1.0"
