@@ -235,6 +235,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, validate: bool = T
     destination folder — and nothing is written when any problem is found.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # relative "../" image paths resolve from here
     df = df.copy()
     for c in MANIFEST_COLUMNS:
         if c not in df.columns:
