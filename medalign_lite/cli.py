@@ -14,8 +14,13 @@ def _data_build(args: argparse.Namespace) -> int:
     from .data.builders import get_builder
 
     build = get_builder(args.name)
+    extra = {"workers": args.workers}
+    if args.reports_root:
+        if args.name != "mimic-cxr":
+            raise ValueError("--reports-root applies to mimic-cxr only")
+        extra["reports_root"] = args.reports_root
     path = build(args.out, root=args.root, size=args.size, limit=args.limit, seed=args.seed,
-                 progress=not args.quiet)
+                 progress=not args.quiet, **extra)
     print(path)
     return 0
 
@@ -64,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=None, help="image size in pixels (phantoms: 224)")
     b.add_argument("--limit", type=int, default=None, help="keep the first N studies")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=None, help="processes/threads (default: all cores)")
+    b.add_argument("--reports-root", default=None,
+                   help="mimic-cxr: folder tree or mimic-cxr-reports.zip with files/pXX/pID/sID.txt")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_data_build)
 

@@ -378,26 +378,35 @@ def mesh_to_findings(code: str) -> list[Finding] | None:
 
 
 def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Deduplicate findings of one study: same kind/side/zone/variant -> keep the most
-    severe; ``multiple``-style repeats of small lesions get distinct ``instance`` numbers."""
+    """Deduplicate the findings of one study.
+
+    Findings of the same kind, side and zone are one finding (several MeSH codes often
+    describe it: ``Lung/hyperdistention`` and ``Pulmonary Emphysema``): the most severe is
+    kept, and on a tie the first one with a non-default variant ("emphysema" over plain
+    "hyperinflation"). A left and a right finding of a kind that allows "bilateral" become
+    one bilateral finding.
+    """
     order = {s: i for i, s in enumerate(SEVERITIES)}
+
+    def rank(f: Finding) -> tuple[int, int]:
+        t = CATALOGUE[f.kind]
+        return order[f.severity], int(bool(t.variants) and f.variant != t.variants[0])
+
     best: dict[tuple, Finding] = {}
     for f in findings:
-        k = (f.kind, f.side, f.zone, f.variant)
-        if k not in best or order[f.severity] > order[best[k].severity]:
+        k = (f.kind, f.side, f.zone)
+        if k not in best or rank(f) > rank(best[k]):
             best[k] = f
-    # a left + right pair of a kind that allows "bilateral" becomes one bilateral finding
     out: list[Finding] = []
-    for (kind, side, zone, variant), f in best.items():
+    for (kind, side, zone), f in best.items():
         t = CATALOGUE[kind]
         if side in ("left", "right") and "bilateral" in t.sides:
-            other = best.get((kind, "right" if side == "left" else "left", zone, variant))
+            other = best.get((kind, "right" if side == "left" else "left", zone))
             if other is not None:
-                if side == "left":
-                    sev = max(f.severity, other.severity, key=order.__getitem__)
-                    out.append(replace(f, side="bilateral", severity=sev))
+                if side == "left" or (kind, "left", zone) not in best:
+                    out.append(replace(max(f, other, key=rank), side="bilateral"))
                 continue
-            if (kind, "bilateral", zone, variant) in best:
+            if (kind, "bilateral", zone) in best:
                 continue
         out.append(f)
     return out

@@ -62,3 +62,9 @@ def test_bad_finding_raises():
         Finding("pneumothorax", "left", zone="retrocardiac")
     with pytest.raises(ValueError, match="unknown finding kind"):
         Finding("unicorn")
+
+
+def test_merge_one_finding_per_kind_side_zone():
+    codes = ["Lung/hyperdistention", "Pulmonary Emphysema", "Lung, Hyperlucent"]
+    fs = merge_findings([f for c in codes for f in mesh_to_findings(c)])
+    assert [(f.kind, f.variant) for f in fs] == [("hyperinflation", "emphysema")]

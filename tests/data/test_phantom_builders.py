@@ -1,0 +1,102 @@
+"""IU-Phantom and Phantom-5x200 builders on a few studies: manifests, cache, labels, splits."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from medalign_lite.data.builders import get_builder
+from medalign_lite.data.dataset import Batch, Collate, ManifestDataset
+from medalign_lite.data.findings import chexpert_labels, findings_from_json
+from medalign_lite.data.manifest import LABEL_COLUMNS, load_manifest
+from medalign_lite.data.masks import load_masks
+
+
+@pytest.fixture(scope="module")
+def iu(tmp_path_factory):
+    out = tmp_path_factory.mktemp("iu")
+    path = get_builder("iu-phantom")(out, size=64, limit=24, seed=0, progress=False, workers=1)
+    return path
+
+
+def test_iu_phantom_manifest(iu):
+    df = load_manifest(iu)  # validates: files exist, labels, splits
+    assert len(df) == 24 and set(df["dataset"]) == {"iu-phantom"}
+    for c in ("frontal", "lateral", "prior_frontal", "prior_lateral", "masks"):
+        assert (df[c] != "").all(), c
+    assert df["prior_report"].str.len().gt(0).all()
+    assert df.groupby("patient_id")["split"].nunique().max() == 1
+    root = df.attrs["root"]
+    for _, r in df.iterrows():
+        fs = findings_from_json(r["findings_json"])
+        labels = chexpert_labels(fs)
+        assert [r[c] for c in LABEL_COLUMNS] == [float(labels[c]) for c in LABEL_COLUMNS]
+        masks = load_masks(os.path.join(root, r["masks"]), len(fs))
+        assert masks.shape == (len(fs), 64, 64)
+        assert all(m.any() for m in masks), r["study_id"]
+        assert len(json.loads(r["prior_changes"])["changes"]) == len(fs)
+
+
+def test_iu_phantom_rebuild_uses_cache(iu):
+    out = iu.parent
+    images = sorted((out / "renders").rglob("*.png"))
+    before = {p: p.stat().st_mtime_ns for p in images}
+    get_builder("iu-phantom")(out, size=64, limit=24, seed=0, progress=False, workers=1)
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "renders").rglob("*.png"))} == before
+
+
+def test_iu_phantom_is_deterministic(iu, tmp_path):
+    other = get_builder("iu-phantom")(tmp_path, size=64, limit=24, seed=0, progress=False, workers=2)
+    a, b = load_manifest(iu), load_manifest(other)
+    cols = [c for c in a.columns if c not in ("frontal", "lateral", "prior_frontal", "prior_lateral", "masks")]
+    assert a[cols].equals(b[cols])
+    r = a.iloc[3]
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(iu.parent / r["frontal"])),
+                          np.asarray(Image.open(other.parent / r["frontal"])))
+
+
+def test_phantom_5x200(tmp_path, iu):
+    path = get_builder("phantom-5x200")(tmp_path, size=64, limit=25, seed=0, progress=False, workers=1)
+    df = load_manifest(path)
+    assert df["class"].value_counts().to_dict() == {c: 5 for c in df["class"].unique()} and len(df) == 25
+    for _, r in df.iterrows():
+        assert r[r["class"]] == 1.0 and sum(r[c] for c in LABEL_COLUMNS) == 1.0
+    assert set(df["patient_id"]).isdisjoint(load_manifest(iu)["patient_id"])
+    assert (df["split"] == "test").all()
+
+
+def test_dataset_and_collate(iu):
+    ds = ManifestDataset(iu, split=None, views=("frontal", "lateral", "prior_frontal", "prior_lateral"),
+                         masks=True, prior_report=True, image_size=64)
+    tok = lambda texts, **kw: {"input_ids": torch.ones(len(texts), 7, dtype=torch.long),  # noqa: E731
+                               "attention_mask": torch.ones(len(texts), 7, dtype=torch.long)}
+    batch = Collate(tok)([ds[i] for i in range(4)])
+    assert isinstance(batch, Batch) and len(batch) == 4
+    assert batch.images.shape == (4, 1, 64, 64) and batch.lateral.shape == (4, 1, 64, 64)
+    assert batch.prior_frontal_present.all() and batch.labels.shape == (4, 14)
+    assert batch.input_ids.shape == (4, 7) and len(batch.prior_reports) == 4
+    k = batch.finding_masks.shape[1]
+    assert batch.finding_valid.sum(1).tolist() == [len(n) for n in batch.finding_names]
+    # eval transform at the stored size leaves masks exactly as on disk
+    r = ds.df.iloc[0]
+    disk = load_masks(os.path.join(ds.root, r["masks"]), len(batch.finding_names[0]))
+    assert torch.equal(batch.finding_masks[0, : disk.shape[0]], torch.from_numpy(disk))
+    assert k >= disk.shape[0]
+    # optional inputs not asked for are None, not dummy tensors
+    plain = Collate()([ManifestDataset(iu, split=None, image_size=64)[0]])
+    assert plain.lateral is None and plain.finding_masks is None and plain.input_ids is None
+
+
+def test_train_transform_moves_masks_with_image(iu):
+    ds = ManifestDataset(iu, split=None, masks=True, image_size=64, train=True, mean=0.0, std=1.0)
+    torch.manual_seed(0)
+    i = int(np.argmax([len(json.loads(s)) for s in ds.df["findings_json"]]))
+    a = ds[i]
+    torch.manual_seed(0)
+    b = ds[i]
+    assert torch.equal(a["frontal"], b["frontal"]) and torch.equal(a["finding_masks"], b["finding_masks"])
+    assert a["finding_masks"].shape[-2:] == a["frontal"].shape[-2:]

@@ -1,0 +1,51 @@
+"""Every notebook runs end to end through papermill in smoke mode and writes metrics.json."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def data_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("medalign_data")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(nb, tmp_path, data_home, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("MEDALIGN_DATA", str(data_home))
+    monkeypatch.setenv("MEDALIGN_SMOKE", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    out_dir = tmp_path / "out"
+    papermill.execute_notebook(str(nb), str(tmp_path / nb.name), kernel_name="python3",
+                               parameters={"smoke": True, "output_dir": str(out_dir)},
+                               cwd=str(nb.parent), progress_bar=False, execution_timeout=600)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["smoke"] is True
+    assert metrics and all(isinstance(k, str) for k in metrics)
+    pngs = list(out_dir.glob("*.png"))
+    assert pngs, "a notebook writes its figures"
+    if nb.stem == "00_data_tour":
+        assert metrics["n_studies"] == 40 and metrics["n_phantom_5x200"] == 50
+        assert metrics["demo_validation_problems"] >= 5
+        assert 0 < metrics["frac_fully_rendered"] <= 1
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_conventions(nb):
+    """DESIGN.md: a parameters cell papermill can read with the four standard names, no
+    outputs committed, kernelspec python3."""
+    import nbformat
+    papermill = pytest.importorskip("papermill")
+    params = papermill.inspect_notebook(str(nb))
+    assert {"smoke", "output_dir", "seed", "device"} <= set(params), sorted(params)
+    assert params["smoke"]["default"] == "False"
+    book = nbformat.read(str(nb), as_version=4)
+    assert book.metadata["kernelspec"]["name"] == "python3"
+    assert not any(c.get("outputs") for c in book.cells if c.cell_type == "code")
