@@ -234,7 +234,7 @@ def chexpert_labels(findings: Iterable[Finding]) -> dict[str, int]:
 
 #: MeSH term (first ``/`` field, lower-cased) -> finding kind. ``None``: the term means
 #: "no abnormality" (``normal``, ``No Indexing``) and yields no finding and no unrendered code.
-#: A tuple ``(kind, required_modifier)`` applies only when the modifier is present.
+#: A tuple ``(kind, modifier, ...)`` applies only when one of the modifiers is present.
 MESH_TERMS: dict[str, object] = {
     "normal": None,
     "no indexing": None,
@@ -272,7 +272,7 @@ MESH_TERMS: dict[str, object] = {
     "mediastinum": "enlarged_cardiomediastinum",
     "aorta": ("tortuous_aorta", "tortuous"),
     "aorta, thoracic": ("tortuous_aorta", "tortuous"),
-    "atherosclerosis": ("aortic_calcification", "aorta"),
+    "atherosclerosis": ("aortic_calcification", "aorta", "aorta, thoracic"),
     "hernia, hiatal": "hiatal_hernia",
     "diaphragm": ("elevated_hemidiaphragm", "elevated"),
     "diaphragmatic eventration": "elevated_hemidiaphragm",
@@ -284,7 +284,7 @@ MESH_TERMS: dict[str, object] = {
     "scoliosis": "scoliosis",
     "catheters, indwelling": "central_line",
     "implanted medical device": "pacemaker",
-    "tube, inserted": ("endotracheal_tube", "trachea"),
+    "tube, inserted": ("endotracheal_tube", "trachea", "trachea, carina"),
     "surgical instruments": ("sternotomy_wires", "mediastinum"),
     "sutures": ("sternotomy_wires", "sternum"),
 }
@@ -297,6 +297,7 @@ _MESH_SPECIAL: dict[tuple[str, str], str] = {
     ("calcinosis", "aorta"): "aortic_calcification",
     ("calcinosis", "aorta, thoracic"): "aortic_calcification",
     ("calcinosis", "lymph nodes"): "calcified_lymph_node",
+    ("calcinosis", "mediastinum"): "calcified_lymph_node",
     ("calcinosis", "lung"): "granuloma",
 }
 
@@ -348,8 +349,8 @@ def mesh_to_findings(code: str) -> list[Finding] | None:
         if entry is None:
             return []
         if isinstance(entry, tuple):
-            kind, needed = entry
-            if needed not in mods:
+            kind, *needed = entry
+            if not any(m in mods for m in needed):
                 return None
         else:
             kind = entry
