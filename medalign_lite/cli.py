@@ -54,6 +54,25 @@ def _data_bench_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_gloria(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench_gloria
+
+    sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+    res = bench_gloria(sizes, args.tokens, args.patches, args.dim, device=args.device,
+                       dtype=args.dtype, repeats=args.repeats, chunk=args.chunk)
+    print(f"GLoRIA local loss, forward + backward, {res['device']}, {res['dtype']}")
+    print(f"{'B':>4} {'T':>4} {'P':>4} {'D':>4} {'seconds':>9} {'peak MiB':>9}")
+    for pt in res["points"]:
+        print(f"{pt['B']:>4} {pt['T']:>4} {pt['P']:>4} {pt['D']:>4} {pt['seconds']:>9.4f} {pt['peak_mib']:>9.1f}")
+    print(f"time grows as B^{res['growth_exponent']}, memory as B^{res['memory_growth_exponent']} "
+          f"(O(B^2*T*P*D) expected)")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.builders import BUILDERS
 
@@ -85,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=int, default=224)
     r.add_argument("--view", default="PA")
     r.set_defaults(func=_data_bench_render)
+
+    bench = sub.add_parser("bench", help="speed and memory benchmarks").add_subparsers(
+        dest="bench_command", required=True)
+    g = bench.add_parser("gloria", help="GLoRIA's batched local loss at paper shapes, growth with B")
+    g.add_argument("--batch-sizes", default="8,16,32,48")
+    g.add_argument("--tokens", type=int, default=97, help="T (GLoRIA: 97 words)")
+    g.add_argument("--patches", type=int, default=361, help="P (ResNet-50 layer3 at 299 px: 19x19)")
+    g.add_argument("--dim", type=int, default=768, help="D (GLoRIA projects to 768)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--repeats", type=int, default=3)
+    g.add_argument("--chunk", type=int, default=None, help="reports per chunk (memory bound)")
+    g.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    g.set_defaults(func=_bench_gloria)
     return p
 
 

@@ -44,6 +44,8 @@ class Batch:
         study_ids: B study ids.
         labels: (B, 14) CheXpert labels, 1 / 0 / -1, NaN where blank.
         input_ids, attention_mask: (B, T) when a tokenizer was given to :class:`Collate`.
+        word_ids: (B, T) word index of each token (-1 for special tokens and padding) when the
+            tokenizer provides it (text encoders that merge word pieces need it).
         lateral, prior_frontal, prior_lateral: (B, C, H, W) or None; ``*_present`` (B,) bool.
         prior_reports: B prior report texts ("" where none) or None.
         key_phrases: B lists of key phrases or None (filled by the text engine later).
@@ -57,6 +59,7 @@ class Batch:
     labels: torch.Tensor
     input_ids: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
+    word_ids: torch.Tensor | None = None
     lateral: torch.Tensor | None = None
     lateral_present: torch.Tensor | None = None
     prior_frontal: torch.Tensor | None = None
@@ -205,14 +208,15 @@ class ManifestDataset(Dataset):
 class Collate:
     """Stack dataset items into a :class:`Batch`; tokenise texts when given a tokenizer.
 
-    ``tokenizer`` is any callable ``tokenizer(list[str]) -> {"input_ids", "attention_mask"}``
-    returning tensors (a Hugging Face tokenizer with ``padding``/``truncation`` set through
-    ``tokenizer_kwargs`` works).
+    ``tokenizer`` is any callable ``tokenizer(list[str], **tokenizer_kwargs)`` returning a
+    mapping with ``input_ids`` and ``attention_mask`` tensors (and optionally ``word_ids``):
+    a text encoder's ``tokenize``, or a Hugging Face tokenizer with
+    ``padding=True, truncation=True, return_tensors="pt"`` passed as keyword arguments.
     """
 
     def __init__(self, tokenizer: Callable | None = None, **tokenizer_kwargs):
         self.tokenizer = tokenizer
-        self.tokenizer_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt", **tokenizer_kwargs}
+        self.tokenizer_kwargs = tokenizer_kwargs
 
     def __call__(self, items: list[dict]) -> Batch:
         images = torch.stack([it["frontal"] for it in items])
@@ -241,5 +245,6 @@ class Collate:
         if self.tokenizer is not None:
             tok = self.tokenizer(batch.texts, **self.tokenizer_kwargs)
             batch.input_ids, batch.attention_mask = tok["input_ids"], tok["attention_mask"]
+            batch.word_ids = tok.get("word_ids")
         return batch
 
