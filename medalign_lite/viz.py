@@ -80,3 +80,77 @@ def bar_counts(counts: dict[str, int], title: str = "", xlabel: str = "count", t
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# --- similarity matrices and maps ----------------------------------------------------------
+def similarity_heatmap(sim: np.ndarray, tokens: Sequence[str], grid: tuple[int, int] | None = None,
+                       title: str = "token × patch similarity", ax=None, cmap: str = "magma") -> plt.Figure:
+    """A (T, P) token×patch similarity matrix with one labelled row per token.
+
+    With ``grid`` (h, w) the patch axis is annotated with the grid rows, so a row of the matrix
+    can be read as the map :func:`similarity_overlay` draws.
+    """
+    sim = np.asarray(sim, dtype=float)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(12, 2 + sim.shape[1] * 0.03), 0.25 * len(tokens) + 1.5))
+    else:
+        fig = ax.figure
+    im = ax.imshow(sim, aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_yticks(range(len(tokens)))
+    ax.set_yticklabels(tokens, fontsize=7)
+    if grid is not None:
+        h, w = grid
+        ax.set_xticks(np.arange(0, h * w, w))
+        ax.set_xticklabels([f"row {r}" for r in range(h)], fontsize=6, rotation=90)
+    ax.set_xlabel("patch (row-major)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
+    return fig
+
+
+def upsample_map(values: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """A patch vector (P,) or map (h, w) bilinearly resized to the image ``size`` (H, W)."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(1, 1, *grid)
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def similarity_overlay(ax, image: np.ndarray, values: np.ndarray, grid: tuple[int, int],
+                       mask: np.ndarray | None = None, title: str | None = None, alpha: float = 0.45,
+                       cmap: str = "jet") -> None:
+    """A patch-similarity map upsampled over the radiograph, with the ground-truth mask's
+    contour (white) and the map's argmax (the pointing game's guess, a cross)."""
+    up = upsample_map(values, grid, image.shape[:2])
+    ax.imshow(image, cmap="gray")
+    ax.imshow(up, cmap=cmap, alpha=alpha)
+    if mask is not None and np.asarray(mask).any():
+        ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=["white"], linewidths=1.2)
+    y, x = np.unravel_index(np.argmax(up), up.shape)
+    ax.plot([x], [y], marker="x", color="white", markersize=8, mew=2)
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def training_curves(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "global_step",
+                    title: str = "training") -> plt.Figure:
+    """Loss curves from the trainer's metrics history (rows of ``metrics.jsonl``), one panel
+    per key, stage boundaries marked."""
+    rows = [r for r in history if x in r]
+    if keys is None:
+        keys = [k for k in rows[0] if k.startswith("loss")] if rows else []
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3), squeeze=False)
+    xs = [r[x] for r in rows]
+    stages = [r.get("stage") for r in rows]
+    bounds = [xs[i] for i in range(1, len(rows)) if stages[i] != stages[i - 1]]
+    for ax, k in zip(axes[0], keys):
+        ax.plot(xs, [r.get(k, np.nan) for r in rows], lw=1)
+        for b in bounds:
+            ax.axvline(b, color="grey", ls="--", lw=0.8)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel(x)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
