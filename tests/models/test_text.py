@@ -1,0 +1,155 @@
+"""Text encoders: the offline MiniLM default, and word-piece merging on a tiny random BERT
+checked against a per-sample reference loop (no network)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medalign_lite.models.features import TextFeatures
+from medalign_lite.models.loading import ModelNotAvailable
+from medalign_lite.models.text import TextConfig, build_text_encoder
+
+# A small WordPiece vocabulary: "pleural", "effusion", "lungs", "opacity" only exist as pieces.
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "heart", "is", "normal", "no", "left", "small",
+         "clear", "lung", ".", ",", "pl", "##eur", "##al", "eff", "##usion", "##s", "op", "##ac", "##ity", "and"]
+TINY_BERT = {"model_type": "bert", "vocab_size": len(VOCAB), "hidden_size": 32, "num_hidden_layers": 2,
+                 "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+TEXTS = ["Small left pleural effusion, and opacity.", "The heart is normal.",
+         "No effusion; lungs clear", "pleural pleural pleural effusion effusion opacity lungs lungs"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from transformers import BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert_tok")
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(str(folder))
+    return str(folder)
+
+
+def _tiny(tok_dir, **kw) -> object:
+    cfg = TextConfig(name="tiny-bert", tokenizer=tok_dir, pretrained=False, hf_config=TINY_BERT, **kw)
+    return build_text_encoder(cfg).eval()
+
+
+def _reference(enc, texts, merge: str, drop_special: bool):
+    """Per-sample loop: group sub-token vectors by the tokenizer's word ids."""
+    tok = enc.tokenizer(texts, padding=True, truncation=True, max_length=enc.cfg.max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = enc.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+    out = []
+    for b in range(len(texts)):
+        groups: dict = {}
+        for t, w in enumerate(tok.word_ids(b)):
+            if not tok["attention_mask"][b, t]:
+                continue
+            if w is None:
+                if drop_special:
+                    continue
+                w = ("special", t)
+            groups.setdefault(w, []).append(hidden[b, t])
+        vecs = [torch.stack(v).sum(0) if merge == "sum" else torch.stack(v).mean(0) for v in groups.values()]
+        out.append(torch.stack(vecs))
+    return out
+
+
+@pytest.mark.parametrize("merge", ["sum", "mean"])
+@pytest.mark.parametrize("drop_special", [True, False])
+def test_merge_matches_reference_loop(tiny_tokenizer_dir, merge, drop_special):
+    enc = _tiny(tiny_tokenizer_dir, merge=merge, drop_special=drop_special)
+    tok = enc.tokenize(TEXTS)
+    with torch.no_grad():
+        f = enc(tok["input_ids"], tok["attention_mask"], word_ids=tok["word_ids"], words=tok["words"])
+    assert isinstance(f, TextFeatures)
+    ref = _reference(enc, TEXTS, merge, drop_special)
+    assert f.tokens.shape == (len(TEXTS), max(len(r) for r in ref), 32)
+    for b, r in enumerate(ref):
+        n = len(r)
+        assert f.mask[b].sum() == n and f.mask[b, :n].all()
+        torch.testing.assert_close(f.tokens[b, :n], r)
+        assert (f.tokens[b, n:] == 0).all()
+        assert len(f.words[b]) == n
+    if drop_special:
+        assert f.words[0] == ["Small", "left", "pleural", "effusion", ",", "and", "opacity", "."]
+    else:
+        assert f.words[1][0] == "[CLS]" and f.words[1][-1] == "[SEP]"
+    # the vectorised WordPiece fallback (no word_ids passed) gives the same words
+    with torch.no_grad():
+        g = enc(tok["input_ids"], tok["attention_mask"])
+    torch.testing.assert_close(g.tokens, f.tokens)
+    assert torch.equal(g.mask, f.mask)
+
+
+def test_tokenize_pads_truncates_and_masks_specials(tiny_tokenizer_dir):
+    enc = _tiny(tiny_tokenizer_dir, max_length=6, merge_wordpieces=False)
+    tok = enc.tokenize(TEXTS)
+    assert tok["input_ids"].shape == (4, 6) and "word_ids" not in tok
+    short = enc.tokenize(["the heart", "no"])
+    assert short["input_ids"].shape == (2, 4)  # padded to the batch's longest, not max_length
+    assert short["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    with torch.no_grad():
+        f = enc(short["input_ids"], short["attention_mask"])
+    assert f.tokens.shape == (2, 4, 32)
+    assert f.mask.tolist() == [[False, True, True, False], [False, True, False, False]]
+
+
+def test_pooling_and_layer_sum(tiny_tokenizer_dir):
+    tok = None
+    for pooling in ("cls", "mean"):
+        enc = _tiny(tiny_tokenizer_dir, pooling=pooling, last_n_layers=2)
+        tok = enc.tokenize(TEXTS)
+        with torch.no_grad():
+            f = enc(tok["input_ids"], tok["attention_mask"], tok["word_ids"])
+            hs = enc.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                           output_hidden_states=True).hidden_states
+        h = hs[-1] + hs[-2]
+        if pooling == "cls":
+            torch.testing.assert_close(f.pooled, h[:, 0])
+        else:
+            for b in range(len(TEXTS)):
+                n = int(tok["attention_mask"][b].sum())
+                torch.testing.assert_close(f.pooled[b], h[b, :n].mean(0))
+
+
+def test_gradients_reach_the_encoder(tiny_tokenizer_dir):
+    enc = _tiny(tiny_tokenizer_dir).train()
+    f = enc.encode(TEXTS)
+    (f.tokens[f.mask].square().mean() + f.pooled.square().mean()).backward()
+    grads = [p.grad for n, p in enc.named_parameters() if "word_embeddings" in n]
+    assert grads and grads[0].abs().sum() > 0
+    assert getattr(enc.model, "pooler", None) is None  # unused pooler removed
+
+
+def test_minilm_default_offline_real_embeddings():
+    from safetensors.torch import load_file
+
+    from medalign_lite.models.loading import minilm_path
+
+    enc = build_text_encoder()  # TextConfig() → "minilm", offline
+    assert enc.dim == 384
+    real = load_file(f"{minilm_path()}/model.safetensors")
+    key = next(k for k in real if k.endswith("word_embeddings.weight"))
+    torch.testing.assert_close(enc.model.embeddings.word_embeddings.weight, real[key])
+    with torch.no_grad():
+        f = enc.encode(["There is a small left pleural effusion.",
+                        "Small effusion in the left pleural space.",
+                        "The patient has a fractured wrist."])
+    p = torch.nn.functional.normalize(f.pooled, dim=-1)
+    sim = p @ p.T
+    assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[1, 2] + 0.2
+    assert f.words[0] == ["There", "is", "a", "small", "left", "pleural", "effusion", "."]
+
+
+def test_missing_model_is_one_clear_line():
+    with pytest.raises(ModelNotAvailable) as err:
+        build_text_encoder(TextConfig(name="medalign-test-org/no-such-bert"))
+    assert "medalign-test-org/no-such-bert" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="pretrained=False"):
+        TextConfig(hf_config=TINY_BERT)
