@@ -54,6 +54,18 @@ def _data_bench_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    import time
+
+    from .text.labeler import label_csv
+
+    cols = [c.strip() for c in args.text_col.split(",")]
+    t0 = time.perf_counter()
+    out = label_csv(args.input, cols if len(cols) > 1 else cols[0], args.out)
+    print(f"{out} ({time.perf_counter() - t0:.1f} s; rule-based CheXpert-style labeler, 1 / 0 / -1 / blank)")
+    return 0
+
+
 def _bench_gloria(args: argparse.Namespace) -> int:
     import json
 
@@ -105,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--view", default="PA")
     r.set_defaults(func=_data_bench_render)
 
+    lab = sub.add_parser("label", help="write the 14 CheXpert observation columns for every row of a CSV")
+    lab.add_argument("input")
+    lab.add_argument("--text-col", required=True, help="text column (or comma-separated columns, joined)")
+    lab.add_argument("--out", required=True)
+    lab.set_defaults(func=_label)
+
     bench = sub.add_parser("bench", help="speed and memory benchmarks").add_subparsers(
         dest="bench_command", required=True)
     g = bench.add_parser("gloria", help="GLoRIA's batched local loss at paper shapes, growth with B")
@@ -125,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear message, no traceback
-        print(f"medalign: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear message, no traceback
+        print(f"medalign: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
 
 

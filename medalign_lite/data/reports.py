@@ -246,7 +246,7 @@ KIND_TEXT: dict[str, KindText] = {
     "pneumonia": KindText(
         "lungs", 3, scale="extent", acute=True,
         nouns=(_m("{sev} {loc} pneumonia"), _m("pneumonia in {locn}"),
-               _m("{loc} airspace disease compatible with pneumonia")),
+               _m("{loc} infection compatible with pneumonia")),
         sentences=("Findings are consistent with [{np}].", "There {be} @[{np}].")),
     "atelectasis": KindText(
         "lungs", 10, scale="degree", acute=True,
@@ -269,7 +269,7 @@ KIND_TEXT: dict[str, KindText] = {
     "scarring": KindText(
         "lungs", 25, scale="degree",
         nouns=(_m("{loc} scarring"), _m("{sev} {loc} scarring"), _m("scarring in {locn}"),
-               _m("{loc} pleuroparenchymal scarring"))),
+               _m("{loc} parenchymal scarring"))),
     "nodule": KindText(
         "lungs", 8, scale="nodule",
         nouns=(_c("{sev} {loc} nodule"), _c("{sev} nodule in {locn}"), _c("{sev} {loc} pulmonary nodule"),

@@ -32,8 +32,9 @@ Choices:
   ``annotation.json`` (reports it does not list are dropped and counted).
 * **Text**: findings and impression as written (whitespace normalised; IU's ``XXXX``
   anonymisation kept). Reports with neither are dropped and counted (28 in the archive).
-* **Labels** are blank: there is no CheXpert labeler in this package yet (the text labeler
-  ``medalign_lite.text.labeler`` can fill them later). The MeSH codes are kept in the extra
+* **Labels** come from the package's rule-based CheXpert-style labeler
+  (:mod:`medalign_lite.text.labeler`, a proxy for the CheXpert labeler) run on findings +
+  impression: 1 / 0 / -1 / blank as CheXpert writes them. The MeSH codes are kept in the extra
   column ``mesh`` (``|``-separated); the frontal's image id in ``image_id``.
 """
 from __future__ import annotations
@@ -45,10 +46,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ...text.labeler import label_reports
+from ..findings import CHEXPERT_LABELS
 from ..iu_xray import iu_image_view_table, load_iu_reports
 from ..manifest import split_patients, write_manifest
 from ..sections import normalise_whitespace
-from .realdata import LayoutError, file_names, image_refs, require, write_build_info
+from .realdata import LayoutError, file_names, image_refs, label_strings, require, write_build_info
 
 NAME = "iu-xray"
 FRONTAL_VIEWS = ("PA", "AP")
@@ -156,6 +159,9 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, view
                       workers=workers, desc="resize iu-xray")
     df["frontal"], df["lateral"] = refs[:n], refs[n:]
     df = df.drop(columns=["_frontal", "_lateral", "_fkey", "_lkey"])
+    labels = label_reports((df["findings"] + " " + df["impression"]).tolist())
+    for j, c in enumerate(CHEXPERT_LABELS):
+        df[c] = label_strings(pd.Series(labels[:, j]))
     out_dir.mkdir(parents=True, exist_ok=True)  # relative paths are validated from here
     path = write_manifest(df, out_dir / "manifest.csv")
     counts.update(rows=int(n), layout="r2gen" if r2gen else "open-i", views=views, split=split, seed=seed,

@@ -1,0 +1,130 @@
+"""Retrieval metrics against a per-query reference, ties, and a hand-computed example."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medalign_lite.eval.retrieval import (bench_retrieval, first_positive_rank, positives_from_duplicates,
+                                          precision_at_k, recall_at_k, retrieval_report)
+
+
+def _ranking(row: list[float]) -> list[int]:
+    """Gallery indices by decreasing score, ties by increasing index (the documented rule)."""
+    return sorted(range(len(row)), key=lambda g: (-row[g], g))
+
+
+def ref_precision(sim, q_lab, g_lab, ks):
+    out = {}
+    for k in ks:
+        vals = []
+        for q, row in enumerate(sim.tolist()):
+            top = _ranking(row)[:k]
+            vals.append(sum(g_lab[g] == q_lab[q] for g in top) / k)
+        out[k] = float(np.mean(vals))
+    return out
+
+
+def ref_recall(sim, ks, positives):
+    ranks = []
+    for q, row in enumerate(sim.tolist()):
+        order = _ranking(row)
+        ranks.append(min(order.index(g) for g in range(len(row)) if positives[q][g]))
+    return {k: float(np.mean([r < k for r in ranks])) for k in ks}, ranks
+
+
+def _tied_similarity(gen, n_q, n_g, levels=4):
+    """Scores drawn from a few levels so that ties are everywhere, including at the cut-offs."""
+    return torch.randint(levels, (n_q, n_g), generator=gen).float() / levels
+
+
+def test_hand_computed_example():
+    # query 0 ("a"): scores [1, 1, 1, 0] -> order 0,1,2,3 (ties by index); gallery labels b a a b
+    #   P@1 = 0, P@2 = 1/2, P@3 = 2/3
+    # query 1 ("b"): scores [0, 1, 1, 1] -> order 1,2,3,0
+    #   P@1 = 0, P@2 = 0,   P@3 = 1/3
+    sim = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    p = precision_at_k(sim, ["a", "b"], ["b", "a", "a", "b"], ks=(1, 2, 3))
+    assert p == pytest.approx({1: 0.0, 2: 0.25, 3: 0.5})
+    # paired recall: query 0's positive is gallery 0 (rank 0); query 1's is gallery 1 (rank 0)
+    assert recall_at_k(sim, ks=(1,)) == {1: 1.0}
+    # query 1 with positive gallery 3: items 1 and 2 tie with it and come first -> rank 2
+    pos = torch.tensor([[True, False, False, False], [False, False, False, True]])
+    assert first_positive_rank(sim, pos).tolist() == [0, 2]
+    assert recall_at_k(sim, ks=(1, 2, 3), positives=pos) == pytest.approx({1: 0.5, 2: 0.5, 3: 1.0})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_precision_matches_reference(tied):
+    gen = torch.Generator().manual_seed(1)
+    n_q, n_g = 37, 53
+    sim = _tied_similarity(gen, n_q, n_g) if tied else torch.randn(n_q, n_g, generator=gen)
+    q_lab = torch.randint(4, (n_q,), generator=gen).tolist()
+    g_lab = torch.randint(4, (n_g,), generator=gen).tolist()
+    ks = (1, 3, 5, 10, 53)
+    expected = ref_precision(sim, q_lab, g_lab, ks)
+    got = precision_at_k(sim, q_lab, g_lab, ks)
+    assert got == pytest.approx(expected, abs=1e-12)
+    # chunking over queries changes nothing
+    assert precision_at_k(sim, q_lab, g_lab, ks, chunk_size=5) == pytest.approx(expected, abs=1e-12)
+    # string labels give the same numbers as int labels
+    names = np.array(["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion"])
+    assert precision_at_k(sim, names[q_lab], names[g_lab], ks) == pytest.approx(expected, abs=1e-12)
+
+
+def test_tie_break_is_gallery_order_not_label_friendly():
+    # all scores equal: the top-k is the first k gallery items, whatever their label
+    sim = torch.zeros(2, 6)
+    g_lab = [0, 0, 0, 1, 1, 1]
+    assert precision_at_k(sim, [1, 0], g_lab, ks=(3, 6)) == pytest.approx({3: 0.5, 6: 0.5})
+    assert precision_at_k(sim, [1, 1], g_lab, ks=(3,)) == {3: 0.0}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_recall_matches_reference(tied):
+    gen = torch.Generator().manual_seed(2)
+    n = 41
+    sim = _tied_similarity(gen, n, n) if tied else torch.randn(n, n, generator=gen)
+    ks = (1, 5, 10)
+    eye = torch.eye(n, dtype=torch.bool)
+    expected, ranks = ref_recall(sim, ks, eye.tolist())
+    assert recall_at_k(sim, ks) == pytest.approx(expected)
+    assert first_positive_rank(sim, chunk_size=7).tolist() == ranks
+    # several positives per query (duplicated reports)
+    texts = [f"report {i % 13}" for i in range(n)]
+    pos = positives_from_duplicates(texts)
+    assert pos.sum() > n
+    expected, ranks = ref_recall(sim, ks, pos.tolist())
+    assert recall_at_k(sim, ks, positives=pos) == pytest.approx(expected)
+    assert first_positive_rank(sim, pos, chunk_size=4).tolist() == ranks
+
+
+def test_retrieval_report_names_and_directions():
+    gen = torch.Generator().manual_seed(3)
+    img = torch.randn(30, 8, generator=gen)
+    txt = 3 * img + 0.5 * torch.randn(30, 8, generator=gen)   # scale must not matter (L2-normalised)
+    labels = torch.randint(3, (30,), generator=gen)
+    rep = retrieval_report(img, txt, labels, ks=(1, 5))
+    assert set(rep) == {f"{d}_{m}@{k}" for d in ("i2t", "t2i") for m in ("P", "R") for k in (1, 5)} | {
+        "i2t_MeanR", "t2i_MeanR"}
+    sim = torch.nn.functional.normalize(img, dim=1) @ torch.nn.functional.normalize(txt, dim=1).T
+    assert rep["i2t_P@5"] == pytest.approx(ref_precision(sim, labels.tolist(), labels.tolist(), (5,))[5])
+    assert rep["t2i_P@5"] == pytest.approx(ref_precision(sim.T, labels.tolist(), labels.tolist(), (5,))[5])
+    assert rep["i2t_R@1"] == pytest.approx(ref_recall(sim, (1,), torch.eye(30, dtype=torch.bool).tolist())[0][1])
+    assert rep["t2i_R@5"] == pytest.approx(ref_recall(sim.T, (5,), torch.eye(30, dtype=torch.bool).tolist())[0][5])
+    assert rep["i2t_R@1"] > 0.9          # near-identical pairs are retrieved
+    assert "i2t_P@1" not in retrieval_report(img, txt, None, ks=(1,))
+
+
+def test_input_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        precision_at_k(torch.tensor([[float("nan"), 1.0]]), [0], [0, 1], ks=(1,))
+    with pytest.raises(ValueError, match="exceeds"):
+        precision_at_k(torch.zeros(1, 2), [0], [0, 1], ks=(3,))
+    with pytest.raises(ValueError, match="no positive"):
+        recall_at_k(torch.zeros(2, 2), ks=(1,), positives=torch.tensor([[True, False], [False, False]]))
+
+
+def test_bench_runs_small():
+    out = bench_retrieval(n_query=50, n_gallery=60, dim=8, repeats=1)
+    assert out["p_at_k_s"] > 0 and out["report_s"] > 0
