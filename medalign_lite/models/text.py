@@ -148,8 +148,10 @@ class TextEncoder(nn.Module):
 
         Returns:
             ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long, and when merging word
-            pieces ``word_ids`` (B, T) long (word slot, −1 = dropped) and ``words`` (B lists of
-            word strings, one per slot).
+            pieces ``word_ids`` (B, T) long (word slot, −1 = dropped), ``words`` (B lists of
+            word strings, one per slot) and ``word_spans`` (B lists of (start, end) character
+            spans of those words in the input text; special tokens get (-1, -1)) — what
+            phrase grounding needs to find a phrase's words.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -157,17 +159,19 @@ class TextEncoder(nn.Module):
                              return_tensors="pt", return_token_type_ids=False)
         out: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self.cfg.merge_wordpieces:
-            out["word_ids"], out["words"] = self._word_map(enc, texts)
+            out["word_ids"], out["words"], out["word_spans"] = self._word_map(enc, texts)
         return out
 
-    def _word_map(self, enc, texts: Sequence[str]) -> tuple[torch.Tensor, list[list[str]]]:
+    def _word_map(self, enc, texts: Sequence[str]) -> tuple[torch.Tensor, list[list[str]], list[list[tuple[int, int]]]]:
         """(B, T) word slots from the tokenizer's ``word_ids`` (tokenisation time, not forward)."""
         ids = enc["input_ids"]
         word_ids = torch.full_like(ids, -1)
         all_words: list[list[str]] = []
+        all_spans: list[list[tuple[int, int]]] = []
         for b in range(ids.shape[0]):
             slots: dict[Any, int] = {}
             words: list[str] = []
+            spans: list[tuple[int, int]] = []
             mask = enc["attention_mask"][b].tolist()
             for t, w in enumerate(enc.word_ids(b)):
                 if not mask[t]:
@@ -176,16 +180,20 @@ class TextEncoder(nn.Module):
                     if self.cfg.drop_special:
                         continue
                     key, text = ("special", t), self.tokenizer.convert_ids_to_tokens(int(ids[b, t]))
+                    span = (-1, -1)
                 else:
                     key = ("word", w)
-                    span = enc.word_to_chars(b, w)
-                    text = texts[b][span.start:span.end] if span is not None else ""
+                    chars = enc.word_to_chars(b, w)
+                    text = texts[b][chars.start:chars.end] if chars is not None else ""
+                    span = (chars.start, chars.end) if chars is not None else (-1, -1)
                 if key not in slots:
                     slots[key] = len(words)
                     words.append(text)
+                    spans.append(span)
                 word_ids[b, t] = slots[key]
             all_words.append(words)
-        return word_ids, all_words
+            all_spans.append(spans)
+        return word_ids, all_words, all_spans
 
     def wordpiece_word_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) word slots from WordPiece ``##`` marks, vectorised (when no ``word_ids`` given).

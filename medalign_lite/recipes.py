@@ -1,0 +1,198 @@
+"""Experiment recipes the notebooks call: build a contrastive model, train it on a manifest,
+embed a dataset, and evaluate retrieval and phrase grounding.
+
+Each function is one step a notebook shows; together they keep the notebooks thin (DESIGN.md:
+narrative, one library call, one figure). Nothing here is method-specific beyond the name →
+class table, so AGA and ALTA plug in the same way.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from .data.dataset import Collate, ManifestDataset
+from .data.masks import load_masks
+from .eval.grounding import mask_auroc, pointing_game
+from .eval.retrieval import retrieval_report
+from .models.text import TextConfig, build_text_encoder
+from .models.vision import VisionConfig, build_image_encoder
+from .nn import l2norm
+from .train import Stage, Trainer, TrainConfig, TrainResult
+from .utils import quiet_progress
+
+
+def _methods() -> dict[str, tuple[type, type]]:
+    from .methods.baselines import ConVIRT, ConVIRTConfig, GLoRIA, GLoRIAConfig
+
+    return {"convirt": (ConVIRT, ConVIRTConfig), "gloria": (GLoRIA, GLoRIAConfig)}
+
+
+@dataclass
+class AlignmentRecipe:
+    """Everything a CPU-minutes alignment run needs; paper scale changes the fields.
+
+    The defaults are the tutorial's: a small CNN trained from scratch (at 128 px its
+    ``layer3`` grid is 8×8 = 64 patches) and the real all-MiniLM-L6-v2 with only its last
+    layer trained. GLoRIA's paper scale: ``vision.name="timm:resnet50"``, ``image_size=299``,
+    ``text.name="emilyalsentzer/Bio_ClinicalBERT"``, ``text.max_length=97``,
+    ``text.last_n_layers=4``, ``embed_dim=768``, ``batch_size=48``, ``lr=5e-5``.
+    """
+
+    method: str = "gloria"
+    vision: VisionConfig = field(default_factory=lambda: VisionConfig(name="tiny_cnn", image_size=128))
+    text: TextConfig = field(default_factory=lambda: TextConfig(name="minilm", max_length=64))
+    embed_dim: int = 128
+    image_size: int = 128
+    batch_size: int = 32
+    epochs: int = 2
+    lr: float = 3e-4
+    max_steps: int | None = None
+    warmup_ratio: float = 0.05
+    #: parameters trained; the rest (most of the text encoder) stays frozen
+    trainable: list[str] = field(default_factory=lambda: [
+        "image_encoder.*", "img_*", "txt_*", "text_encoder.model.encoder.layer.5.*"])
+    text_columns: tuple[str, ...] = ("findings", "impression")
+    seed: int = 0
+    device: str = "auto"
+    method_options: dict = field(default_factory=dict)
+
+
+def build_model(recipe: AlignmentRecipe) -> nn.Module:
+    """The recipe's method around fresh encoders (seeded)."""
+    table = _methods()
+    if recipe.method not in table:
+        raise ValueError(f"unknown method {recipe.method!r}; choose one of {', '.join(table)}")
+    cls, cfg_cls = table[recipe.method]
+    torch.manual_seed(recipe.seed)
+    vision = build_image_encoder(VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size}))
+    text = build_text_encoder(recipe.text)
+    cfg = cfg_cls(**{"embed_dim": recipe.embed_dim, **recipe.method_options})
+    return cls(vision, text, cfg)
+
+
+def train_alignment(model: nn.Module, manifest: str | Path, recipe: AlignmentRecipe, output_dir: str | Path,
+                    resume: bool = False, eval_fn: Callable | None = None) -> TrainResult:
+    """Train ``model`` on the manifest's train split with the recipe's single stage."""
+    ds = ManifestDataset(manifest, split="train", text_columns=recipe.text_columns,
+                         image_size=recipe.image_size, train=True)
+    cfg = TrainConfig(output_dir=str(output_dir), batch_size=recipe.batch_size, seed=recipe.seed,
+                      device=recipe.device, log_every=5, drop_last=True,
+                      stages=[Stage(name=recipe.method, epochs=recipe.epochs, lr=recipe.lr,
+                                    trainable=list(recipe.trainable), warmup_ratio=recipe.warmup_ratio,
+                                    max_steps=recipe.max_steps)])
+    return Trainer(model, ds, cfg, collate_fn=Collate(model.tokenize), eval_fn=eval_fn).fit(resume=resume)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def embed(model: nn.Module, dataset: ManifestDataset, batch_size: int = 64, local: bool = False) -> dict:
+    """Global (and with ``local`` the patch/word) embeddings of a whole dataset.
+
+    Returns ``image`` (N, d) and ``text`` (N, d) L2-normalised; with ``local`` also
+    ``patches`` (N, P, d), ``grid``, and the batches' word embeddings as lists (lengths vary).
+    """
+    model.eval()
+    dev = _device(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collate(model.tokenize))
+    img, txt, patches, words, word_masks, grid = [], [], [], [], [], None
+    for batch in quiet_progress(loader, desc="embed"):
+        batch = batch.to(dev)
+        j = model.joint(batch)
+        img.append(l2norm(j.image.pooled).cpu())
+        txt.append(l2norm(j.text.pooled).cpu())
+        if local:
+            patches.append(j.image.patches.cpu())
+            words.extend(j.text.tokens.cpu().unbind(0))
+            word_masks.extend(j.text.mask.cpu().unbind(0))
+            grid = j.image.grid
+    out = {"image": torch.cat(img), "text": torch.cat(txt)}
+    if local:
+        out.update(patches=torch.cat(patches), words=words, word_masks=word_masks, grid=grid)
+    return out
+
+
+def retrieval_eval(model: nn.Module, manifest: str | Path, image_size: int, ks: Sequence[int] = (1, 5, 10),
+                   label_column: str = "class", batch_size: int = 64) -> dict:
+    """Class-based P@K and instance R@K, both directions, over the whole gallery (Phantom-5×200
+    or CheXpert 5×200: the class is the study's one positive observation)."""
+    ds = ManifestDataset(manifest, split=None, image_size=image_size)
+    e = embed(model, ds, batch_size)
+    labels = ds.df[label_column].tolist()
+    return retrieval_report(e["image"], e["text"], labels, ks=tuple(ks))
+
+
+def phrase_word_mask(word_spans: Sequence[tuple[int, int]], start: int, end: int) -> np.ndarray:
+    """(W,) bool: the words whose character span overlaps [start, end)."""
+    s = np.array([a for a, _ in word_spans] or [0])
+    e = np.array([b for _, b in word_spans] or [0])
+    return (s < end) & (e > start) & (s >= 0)
+
+
+@torch.no_grad()
+def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, split: str = "test",
+                   text_column: str = "written_findings", spans_column: str = "written_spans",
+                   batch_size: int = 32, limit: int | None = None) -> dict:
+    """Phrase grounding on a phantom manifest: for each finding phrase of the report writer's
+    text (its character span), the phrase's local word embeddings (mean) are compared with
+    every patch; the map is scored against the finding's mask by the pointing game and mask
+    AUROC. Returns overall and per-kind scores plus the maps for plotting.
+    """
+    ds = ManifestDataset(manifest, split=split, text_columns=(text_column,), masks=True, image_size=image_size)
+    if limit:
+        ds.df = ds.df.iloc[:limit].reset_index(drop=True)
+        ds.texts, ds.labels = ds.texts[:limit], ds.labels[:limit]
+    model.eval()
+    dev = _device(model)
+    maps, masks, kinds, study = [], [], [], []
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=Collate())
+    row = 0
+    grid = None
+    for batch in quiet_progress(loader, desc="grounding"):
+        tok = model.tokenize(batch.texts)
+        spans_words = tok.pop("word_spans")
+        tensors = {k: v.to(dev) for k, v in tok.items() if isinstance(v, torch.Tensor)}
+        img = model.embed_images(batch.images.to(dev))
+        txt = model.embed_texts(**tensors)
+        grid = img.grid
+        patches = l2norm(img.patches)                                    # (B, P, d)
+        words = l2norm(txt.tokens)                                       # (B, W, d)
+        for b in range(len(batch)):  # phrases per report vary: gather them, then score batched
+            spans = json.loads(ds.df.iloc[row + b][spans_column])
+            for k, section, start, end in spans:
+                if section != "findings" or k >= batch.finding_masks.shape[1] or not batch.finding_valid[b, k]:
+                    continue
+                wm = torch.from_numpy(phrase_word_mask(spans_words[b], start, end))[: words.shape[1]]
+                wm = wm & txt.mask[b, : wm.shape[0]].cpu()
+                if not wm.any():
+                    continue  # phrase truncated away
+                phrase = l2norm(words[b, : wm.shape[0]][wm.to(dev)].mean(0))
+                maps.append((patches[b] @ phrase).cpu())
+                masks.append(batch.finding_masks[b, k])
+                kinds.append(batch.finding_names[b][k])
+                study.append(ds.df.iloc[row + b]["study_id"])
+        row += len(batch)
+    if not maps:
+        return {"n_phrases": 0}
+    sim = torch.stack(maps).reshape(len(maps), *grid)
+    m = torch.stack(masks)
+    pg = pointing_game(sim, m)
+    au = mask_auroc(sim, m)
+    hits = np.asarray(pg["hits"], dtype=float)
+    per_item = np.asarray(au["per_item"], dtype=float)
+    per_kind = {}
+    for kind in sorted(set(kinds)):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        per_kind[kind] = {"n": len(idx), "pointing": float(np.mean(hits[idx])),
+                          "mask_auroc": float(np.nanmean(per_item[idx])) if np.isfinite(per_item[idx]).any() else float("nan")}
+    return {"n_phrases": len(maps), "pointing_game": float(pg["accuracy"]), "mask_auroc": float(au["mean"]),
+            "per_kind": per_kind, "maps": sim, "masks": m, "kinds": kinds, "study_ids": study, "grid": grid}
