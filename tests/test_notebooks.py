@@ -35,6 +35,10 @@ def test_notebook_smoke(nb, tmp_path, data_home, monkeypatch):
         assert metrics["n_studies"] == 40 and metrics["n_phantom_5x200"] == 50
         assert metrics["demo_validation_problems"] >= 5
         assert 0 < metrics["frac_fully_rendered"] <= 1
+    if nb.stem == "01_similarity_matrices":
+        for name in ("random", "convirt", "gloria"):
+            assert 0 <= metrics[f"{name}/i2t_P@5"] <= 1
+        assert metrics["gloria/n_phrases"] > 0 and 0 <= metrics["gloria/mask_auroc"] <= 1
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
