@@ -21,7 +21,7 @@ from ..findings import Finding
 from ..masks import MAX_MASKS, save_masks
 
 #: Bump when the renderer or the builders change pixels: old caches are then ignored.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 @dataclass(frozen=True)
