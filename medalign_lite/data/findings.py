@@ -30,7 +30,7 @@ Choices where the sources leave room (documented here, used everywhere):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -201,7 +201,8 @@ class Finding:
         return replace(self, severity=severity)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"kind": self.kind, "side": self.side, "zone": self.zone, "severity": self.severity,
+                "variant": self.variant, "instance": self.instance}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Finding":

@@ -129,6 +129,7 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
         reports = reports.iloc[: int(limit)]
     splits = split_patients(reports["uid"], seed=seed)
 
+    rel_cache = relpath(cache, out_dir)  # one relpath, then string joins (thousands of rows)
     rows, jobs = [], []
     for r in reports.itertuples(index=False):
         findings, unrendered = map_codes(list(r.mesh))
@@ -150,11 +151,11 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
         row = {
             "study_id": r.uid, "patient_id": r.uid, "split": splits[r.uid], "dataset": NAME,
             "view": view,
-            **{k: relpath(p, out_dir) for k, p in paths.items()},
+            **{k: f"{rel_cache}/{p.name}" for k, p in paths.items()},
             "findings": r.findings, "impression": r.impression,
             "prior_report": f"{prior_written.findings} {prior_written.impression}".strip(),
             **format_labels(chexpert_labels(findings)),
-            "masks": relpath(mask_path, out_dir),
+            "masks": f"{rel_cache}/{mask_path.name}",
             "report_id": str(r.report_id), "indication": r.indication, "comparison": r.comparison,
             "mesh": "; ".join(r.mesh), "unrendered": "; ".join(unrendered),
             "findings_json": findings_to_json(findings), "n_findings": str(len(findings)),
