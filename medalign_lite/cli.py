@@ -85,6 +85,51 @@ def _bench_gloria(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_aga(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench_aga
+
+    dims = tuple(int(x) for x in args.gloria_dims.split(",") if x.strip())
+    res = bench_aga(args.batch_size, args.tokens, args.patches, args.dim, gloria_dims=dims,
+                    device=args.device, dtype=args.dtype, repeats=args.repeats, vision=args.vision,
+                    image_size=args.image_size, encoders=not args.no_encoders, compile=args.compile)
+    b = res["B"]
+    print(f"AGA head vs encoders vs GLoRIA local loss, forward + backward, {res['device']}, {res['dtype']}")
+    print(f"B = {b}, T = {res['T']}, P = {res['P']}, d = {res['d']}, median of {res['repeats']}")
+    if b != 48:
+        print(f"note: batch scaled down to B = {b} (paper: 48); the ratios are measured at this B")
+
+    def ms(sec: float) -> str:
+        return f"{sec * 1e3:10.2f} ms"
+
+    print(f"  AGA head alone (similarity, gates, IGA, BCGA, global): {ms(res['head_s'])}")
+    if "head_compiled_s" in res:
+        print(f"  AGA head alone, torch.compile:                        {ms(res['head_compiled_s'])}")
+    if "encoders_s" in res:
+        print(f"  encoders ({res['vision']} at {res['image_size']} px, P = {res['encoder_P']}; "
+              f"BERT-base shape, {res['text_layers']} layers, random): {ms(res['encoders_s'])}")
+    if "step_s" in res:
+        print(f"  whole AGA step (encoders + head):                     {ms(res['step_s'])}"
+              f"  -> head adds {ms(res['head_in_step_s'])}")
+        if "step_compiled_s" in res:
+            print(f"  whole AGA step, compiled head:                        {ms(res['step_compiled_s'])}"
+                  f"  -> head adds {ms(res['head_in_step_compiled_s'])}")
+    for dim, sec in res["gloria_s"].items():
+        print(f"  GLoRIA local loss, D = {dim}: {ms(sec)}")
+    for key, what in (("head_share", "head / encoders"), ("vs_gloria", f"head / GLoRIA(D = {dims[0] if dims else '-'})")):
+        for variant, label in (("", "head alone"), ("_in_step", "added to a step"), ("_compiled", "compiled, alone"),
+                               ("_in_step_compiled", "compiled, added to a step")):
+            if key + variant in res:
+                print(f"{key + variant} = {what}, {label} = {res[key + variant]:.4f} (target <= 0.05)")
+    for k, v in res.items():
+        if k.startswith("vs_gloria_d"):
+            print(f"{k} = head / GLoRIA(D = {k[len('vs_gloria_d'):].split('_')[0]}) = {v:.4f}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.builders import BUILDERS
 
@@ -136,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk", type=int, default=None, help="reports per chunk (memory bound)")
     g.add_argument("--json", action="store_true", help="last line: the result as JSON")
     g.set_defaults(func=_bench_gloria)
+
+    a = bench.add_parser("aga", help="AGA head vs encoders vs GLoRIA local loss at paper shapes (ratios)")
+    a.add_argument("--batch-size", type=int, default=None, help="B (default: 48 on cuda, 8 on cpu)")
+    a.add_argument("--tokens", type=int, default=97, help="T (97, as GLoRIA/MGCA)")
+    a.add_argument("--patches", type=int, default=361, help="P of the head and GLoRIA (ResNet-50 layer3 at 299 px)")
+    a.add_argument("--dim", type=int, default=128, help="d (AGA projects to 128)")
+    a.add_argument("--gloria-dims", default="768,128", help="GLoRIA widths; the first gives vs_gloria")
+    a.add_argument("--vision", default="timm:resnet50", help="image encoder (random weights)")
+    a.add_argument("--image-size", type=int, default=299)
+    a.add_argument("--no-encoders", action="store_true", help="skip the encoders (no head_share)")
+    a.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(head) (CUDA graphs on cuda; minutes to compile on cpu)")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    a.set_defaults(func=_bench_aga)
     return p
 
 

@@ -29,9 +29,11 @@ from .utils import quiet_progress
 
 
 def _methods() -> dict[str, tuple[type, type]]:
+    from .methods.aga import AGA, AGAConfig
     from .methods.baselines import ConVIRT, ConVIRTConfig, GLoRIA, GLoRIAConfig
 
-    return {"convirt": (ConVIRT, ConVIRTConfig), "gloria": (GLoRIA, GLoRIAConfig)}
+    return {"convirt": (ConVIRT, ConVIRTConfig), "gloria": (GLoRIA, GLoRIAConfig),
+            "aga": (AGA, AGAConfig)}
 
 
 @dataclass
@@ -55,13 +57,19 @@ class AlignmentRecipe:
     lr: float = 3e-4
     max_steps: int | None = None
     warmup_ratio: float = 0.05
-    #: parameters trained; the rest (most of the text encoder) stays frozen
-    trainable: list[str] = field(default_factory=lambda: [
-        "image_encoder.*", "img_*", "txt_*", "text_encoder.model.encoder.layer.5.*"])
+    #: parameters trained (None: :func:`default_trainable`); the rest stays frozen
+    trainable: list[str] | None = None
     text_columns: tuple[str, ...] = ("findings", "impression")
     seed: int = 0
     device: str = "auto"
     method_options: dict = field(default_factory=dict)
+
+
+def default_trainable(method: str) -> list[str]:
+    """The image encoder, the projections, MiniLM's last layer, and a method's own head (AGA's
+    BCGA weights live in ``head``); the rest of the text encoder stays frozen."""
+    base = ["image_encoder.*", "img_*", "txt_*", "text_encoder.model.encoder.layer.5.*"]
+    return base + (["head.*"] if method == "aga" else [])
 
 
 def build_model(recipe: AlignmentRecipe) -> nn.Module:
@@ -85,7 +93,8 @@ def train_alignment(model: nn.Module, manifest: str | Path, recipe: AlignmentRec
     cfg = TrainConfig(output_dir=str(output_dir), batch_size=recipe.batch_size, seed=recipe.seed,
                       device=recipe.device, log_every=5, drop_last=True,
                       stages=[Stage(name=recipe.method, epochs=recipe.epochs, lr=recipe.lr,
-                                    trainable=list(recipe.trainable), warmup_ratio=recipe.warmup_ratio,
+                                    trainable=list(recipe.trainable or default_trainable(recipe.method)),
+                                    warmup_ratio=recipe.warmup_ratio,
                                     max_steps=recipe.max_steps)])
     return Trainer(model, ds, cfg, collate_fn=Collate(model.tokenize), eval_fn=eval_fn).fit(resume=resume)
 
