@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +22,7 @@ from medalign_lite.methods.aga import (
     momentum_update,
     threshold_gate,
 )
-from medalign_lite.models.features import ImageFeatures, TextFeatures
+from .fakes import FakeImageEncoder, FakeTextEncoder
 
 LOSS_KEYS = ("loss", "loss_global", "loss_tf", "loss_vf", "loss_gla", "loss_gva")
 
@@ -326,33 +325,6 @@ def test_ablation_switches_remove_the_right_terms():
 
 
 # --- the model on (fake) encoders ----------------------------------------------------------
-class FakeImageEncoder(nn.Module):
-    global_dim, patch_dim = 12, 10
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, self.patch_dim, 4, stride=4)
-        self.head = nn.Linear(self.patch_dim, self.global_dim)
-
-    def forward(self, images):
-        f = self.conv(images)
-        patches = f.flatten(2).transpose(1, 2)
-        return ImageFeatures(self.head(patches.mean(1)), patches, tuple(f.shape[-2:]))
-
-
-class FakeTextEncoder(nn.Module):
-    dim = 9
-
-    def __init__(self, vocab=50):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, self.dim)
-
-    def forward(self, input_ids, attention_mask, **_):
-        tok = self.emb(input_ids)
-        m = attention_mask.bool()
-        return TextFeatures((tok * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1), tok, m)
-
-
 def _batch(b=4, t=7, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 50, (b, t), generator=g)

@@ -3,7 +3,6 @@ own loop structure), gradients reach both encoders, masks are honoured."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,35 +10,7 @@ from hypothesis import strategies as st
 from medalign_lite.data.dataset import Batch
 from medalign_lite.methods.baselines import (ConVIRT, GLoRIA, GLoRIAConfig, gloria_local_loss,
                                              gloria_local_similarity)
-from medalign_lite.models.features import ImageFeatures, TextFeatures
-
-
-class FakeImageEncoder(nn.Module):
-    global_dim, patch_dim = 12, 10
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, self.patch_dim, 4, stride=4)
-        self.head = nn.Linear(self.patch_dim, self.global_dim)
-
-    def forward(self, images):
-        f = self.conv(images)                                  # (B, Dl, h, w)
-        patches = f.flatten(2).transpose(1, 2)
-        return ImageFeatures(self.head(patches.mean(1)), patches, tuple(f.shape[-2:]))
-
-
-class FakeTextEncoder(nn.Module):
-    dim = 9
-
-    def __init__(self, vocab=50):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, self.dim)
-
-    def forward(self, input_ids, attention_mask, **_):
-        tok = self.emb(input_ids)
-        m = attention_mask.bool()
-        pooled = (tok * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-        return TextFeatures(pooled, tok, m)
+from .fakes import FakeImageEncoder, FakeTextEncoder
 
 
 def reference_local_similarity(words, mask, regions, temp1, temp2):
