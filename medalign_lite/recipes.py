@@ -18,7 +18,6 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .data.dataset import Collate, ManifestDataset
-from .data.masks import load_masks
 from .eval.grounding import mask_auroc, pointing_game
 from .eval.retrieval import retrieval_report
 from .models.text import TextConfig, build_text_encoder

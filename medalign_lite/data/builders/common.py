@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -102,7 +102,3 @@ def run_jobs(jobs: Sequence[RenderJob], workers: int | None = None, progress: bo
 
 def relpath(path: str | Path, start: str | Path) -> str:
     return os.path.relpath(path, start)
-
-
-def map_progress(fn: Callable, items: Sequence, progress: bool, desc: str) -> list:
-    return [fn(x) for x in tqdm(items, desc=desc, disable=not progress)]
