@@ -11,6 +11,16 @@ from PIL import Image
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Every test runs offline (no hub look-ups, downloads not allowed) from a fixed seed."""
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def tiny_manifest(tmp_path):
     """(folder, DataFrame) of a 6-study valid manifest whose image files exist."""

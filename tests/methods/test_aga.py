@@ -27,12 +27,6 @@ from .fakes import FakeImageEncoder, FakeTextEncoder
 LOSS_KEYS = ("loss", "loss_global", "loss_tf", "loss_vf", "loss_gla", "loss_gva")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
-
-
 # --- the reference: one pair, one token, one patch at a time -------------------------------
 def _minmax(x: torch.Tensor, eps: float) -> torch.Tensor:
     lo, hi = x.min(), x.max()

@@ -18,13 +18,6 @@ CORPUS = ["the heart is normal in size .", "the lungs are clear .", "no pleural 
 SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "max_positions": 64}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("word_tok")

@@ -17,12 +17,6 @@ from medalign_lite.models.loading import (
 )
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
-
-
 def test_minilm_resolves_to_the_package_folder():
     path = Path(resolve_pretrained("minilm"))
     assert path == Path(minilm_path())

@@ -18,13 +18,6 @@ TEXTS = ["Small left pleural effusion, and opacity.", "The heart is normal.",
          "No effusion; lungs clear", "pleural pleural pleural effusion effusion opacity lungs lungs"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="module")
 def tiny_tokenizer_dir(tmp_path_factory):
     from transformers import BertTokenizer

@@ -13,13 +13,6 @@ TINY_DINO = {"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2, 
                  "intermediate_size": 64, "patch_size": 14, "image_size": 56}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MEDALIGN_ALLOW_DOWNLOAD", raising=False)
-    torch.manual_seed(0)
-
-
 def _run(cfg: VisionConfig, batch: int = 1, grad: bool = False):
     enc = build_image_encoder(cfg)
     x = torch.randn(batch, cfg.in_chans, cfg.image_size, cfg.image_size)

@@ -15,11 +15,6 @@ CORPUS = ["The heart is normal in size.", "The lungs are clear.", "No pleural ef
           "Small left pleural effusion.", "The heart is enlarged.", "Lungs are clear, no effusion."]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def tok():
     return train_word_tokenizer(CORPUS, vocab_size=100, min_frequency=2)
