@@ -62,13 +62,30 @@ class AlignmentRecipe:
     seed: int = 0
     device: str = "auto"
     method_options: dict = field(default_factory=dict)
+    #: random crop/affine/jitter while training; False trains on the eval transform, which
+    #: lets an ablation keep its training set in memory (``ManifestDataset(cache=True)``)
+    augment: bool = True
+    #: freeze the text encoder whole and memoise its features (``TextEncoder.cache_features``):
+    #: for runs whose trainable set leaves the text encoder out
+    cache_text: bool = False
 
 
-def default_trainable(method: str) -> list[str]:
-    """The image encoder, the projections, MiniLM's last layer, and a method's own head (AGA's
-    BCGA weights live in ``head``); the rest of the text encoder stays frozen."""
-    base = ["image_encoder.*", "img_*", "txt_*", "text_encoder.model.encoder.layer.5.*"]
-    return base + (["head.*"] if method == "aga" else [])
+def default_trainable(method: str, method_options: dict | None = None, text: bool = True) -> list[str]:
+    """The image encoder, the projections, MiniLM's last layer (``text=False``: the text
+    encoder stays frozen whole), and a method's own weights: AGA's BCGA attention lives in
+    ``head`` (absent when an ablation drops BCGA or keeps only L_g)."""
+    opts = method_options or {}
+    base = ["image_encoder.*", "img_*", "txt_*"] + (["text_encoder.model.encoder.layer.5.*"] if text else [])
+    has_head = method == "aga" and opts.get("use_bcga", True) and not opts.get("global_only", False)
+    return base + (["head.*"] if has_head else [])
+
+
+def recipe_trainable(recipe: "AlignmentRecipe") -> list[str]:
+    """The recipe's trainable patterns: its own list, else :func:`default_trainable` (text
+    encoder frozen when the recipe caches its features)."""
+    if recipe.trainable:
+        return list(recipe.trainable)
+    return default_trainable(recipe.method, recipe.method_options, text=not recipe.cache_text)
 
 
 def build_model(recipe: AlignmentRecipe) -> nn.Module:
@@ -81,18 +98,29 @@ def build_model(recipe: AlignmentRecipe) -> nn.Module:
     vision = build_image_encoder(VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size}))
     text = build_text_encoder(recipe.text)
     cfg = cfg_cls(**{"embed_dim": recipe.embed_dim, **recipe.method_options})
+    if recipe.cache_text:
+        trainable = recipe_trainable(recipe)
+        if any(p.startswith("text_encoder") for p in trainable):
+            raise ValueError(f"cache_text=True freezes the text encoder, but trainable has {trainable}")
+        text.requires_grad_(False).cache_features()
     return cls(vision, text, cfg)
 
 
 def train_alignment(model: nn.Module, manifest: str | Path, recipe: AlignmentRecipe, output_dir: str | Path,
-                    resume: bool = False, eval_fn: Callable | None = None) -> TrainResult:
-    """Train ``model`` on the manifest's train split with the recipe's single stage."""
-    ds = ManifestDataset(manifest, split="train", text_columns=recipe.text_columns,
-                         image_size=recipe.image_size, train=True)
+                    resume: bool = False, eval_fn: Callable | None = None,
+                    dataset: ManifestDataset | None = None) -> TrainResult:
+    """Train ``model`` on the manifest's train split with the recipe's single stage.
+
+    ``dataset`` replaces the one built from ``manifest`` (e.g. one in-memory training set
+    shared by the runs of an ablation).
+    """
+    ds = dataset if dataset is not None else ManifestDataset(
+        manifest, split="train", text_columns=recipe.text_columns, image_size=recipe.image_size,
+        train=recipe.augment, cache=not recipe.augment)
     cfg = TrainConfig(output_dir=str(output_dir), batch_size=recipe.batch_size, seed=recipe.seed,
                       device=recipe.device, log_every=5, drop_last=True,
                       stages=[Stage(name=recipe.method, epochs=recipe.epochs, lr=recipe.lr,
-                                    trainable=list(recipe.trainable or default_trainable(recipe.method)),
+                                    trainable=recipe_trainable(recipe),
                                     warmup_ratio=recipe.warmup_ratio,
                                     max_steps=recipe.max_steps)])
     return Trainer(model, ds, cfg, collate_fn=Collate(model.tokenize), eval_fn=eval_fn).fit(resume=resume)
@@ -130,10 +158,12 @@ def embed(model: nn.Module, dataset: ManifestDataset, batch_size: int = 64, loca
 
 
 def retrieval_eval(model: nn.Module, manifest: str | Path, image_size: int, ks: Sequence[int] = (1, 5, 10),
-                   label_column: str = "class", batch_size: int = 64) -> dict:
+                   label_column: str = "class", batch_size: int = 64,
+                   dataset: ManifestDataset | None = None) -> dict:
     """Class-based P@K and instance R@K, both directions, over the whole gallery (Phantom-5×200
-    or CheXpert 5×200: the class is the study's one positive observation)."""
-    ds = ManifestDataset(manifest, split=None, image_size=image_size)
+    or CheXpert 5×200: the class is the study's one positive observation). ``dataset``: a
+    prepared gallery (e.g. ``ManifestDataset(manifest, split=None, cache=True)``) to reuse."""
+    ds = dataset if dataset is not None else ManifestDataset(manifest, split=None, image_size=image_size)
     e = embed(model, ds, batch_size)
     labels = ds.df[label_column].tolist()
     return retrieval_report(e["image"], e["text"], labels, ks=tuple(ks))

@@ -141,6 +141,60 @@ class TextEncoder(nn.Module):
         self.register_buffer("special_ids", torch.tensor(sorted({i for i in ids if i is not None}),
                                                          dtype=torch.long), persistent=False)
         self._continuation: torch.Tensor | None = None
+        self._cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # ------------------------------------------------------------------ feature cache
+    def cache_features(self, enabled: bool = True) -> "TextEncoder":
+        """Memoise the features of a *frozen* encoder, keyed by each row's tokens.
+
+        Ablations and tutorials train many small models against the same frozen text encoder;
+        recomputing its features every step and every run is most of their CPU time. With the
+        cache on, a row (its valid ``input_ids`` and ``word_ids``) is encoded once, in eval mode
+        (no dropout: the cached features are the deterministic ones), and later batches are
+        assembled from the stored rows. Outputs equal the uncached eval-mode forward up to float
+        rounding (test: ``tests/models/test_text.py``); the valid positions are packed to the
+        front (they already are when word pieces are merged; without merging, the dropped
+        special tokens are removed rather than masked). Refuses to run while any parameter
+        requires grad, since the stored features would go stale.
+        """
+        self._cache = {} if enabled else None
+        return self
+
+    def _row_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  word_ids: torch.Tensor | None) -> list[bytes]:
+        keep = attention_mask.bool().cpu()
+        ids = input_ids.cpu()
+        wids = word_ids.cpu() if word_ids is not None else None
+        return [ids[b][keep[b]].numpy().tobytes() + b"|" + (wids[b][keep[b]].numpy().tobytes() if wids is not None else b"")
+                for b in range(ids.shape[0])]  # hashing rows: data plumbing, not model arithmetic
+
+    @torch.no_grad()
+    def _cached_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        word_ids: torch.Tensor | None, words: list[list[str]] | None) -> TextFeatures:
+        if any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError(f"{self.cfg.name}: the feature cache needs a frozen text encoder "
+                               "(a parameter requires grad); call cache_features(False) to train it")
+        keys = self._row_keys(input_ids, attention_mask, word_ids)
+        miss = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}.values())
+        if miss:
+            idx = torch.tensor(miss, device=input_ids.device)
+            am = attention_mask[idx]
+            t = int(am.sum(1).max())  # right padding: trim the sub-batch to its longest row
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                f = self._forward(input_ids[idx, :t], am[:, :t],
+                                  word_ids[idx, :t] if word_ids is not None else None, None)
+            finally:
+                self.model.train(was_training)
+            for n, i in enumerate(miss):  # valid positions only (a prefix when merging word pieces)
+                self._cache[keys[i]] = (f.pooled[n].clone(), f.tokens[n][f.mask[n]].clone())
+        pooled = torch.stack([self._cache[k][0] for k in keys])
+        rows = [self._cache[k][1] for k in keys]
+        tokens = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        lengths = torch.tensor([r.shape[0] for r in rows], device=tokens.device)
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
+        return TextFeatures(pooled=pooled, tokens=tokens, mask=mask, words=words)
 
     # ------------------------------------------------------------------ tokenisation
     def tokenize(self, texts: Sequence[str] | str) -> dict[str, Any]:
@@ -225,6 +279,12 @@ class TextEncoder(nn.Module):
         ``tokens`` is (B, W, D) merged words when ``merge_wordpieces`` (``mask`` (B, W)),
         else (B, T, D) sub-tokens; ``pooled`` (B, D) per ``cfg.pooling``.
         """
+        if self._cache is not None:
+            return self._cached_forward(input_ids, attention_mask, word_ids, words)
+        return self._forward(input_ids, attention_mask, word_ids, words)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 word_ids: torch.Tensor | None, words: list[list[str]] | None) -> TextFeatures:
         n = self.cfg.last_n_layers
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=n > 1)
         hidden = out.last_hidden_state if n == 1 else torch.stack(out.hidden_states[-n:]).sum(0)  # (B, T, D)

@@ -100,3 +100,16 @@ def test_train_transform_moves_masks_with_image(iu):
     b = ds[i]
     assert torch.equal(a["frontal"], b["frontal"]) and torch.equal(a["finding_masks"], b["finding_masks"])
     assert a["finding_masks"].shape[-2:] == a["frontal"].shape[-2:]
+
+
+def test_item_cache_returns_the_same_items_and_refuses_random_transforms(iu, monkeypatch):
+    plain = ManifestDataset(iu, split=None, masks=True, image_size=48)
+    cached = ManifestDataset(iu, split=None, masks=True, image_size=48, cache=True)
+    first = [cached[i] for i in range(3)]
+    monkeypatch.setattr(cached, "_load", lambda i: pytest.fail("second access must not reload"))
+    for i in range(3):
+        a, b, c = plain[i], cached[i], first[i]
+        assert torch.equal(a["frontal"], b["frontal"]) and torch.equal(a["finding_masks"], b["finding_masks"])
+        assert b["text"] == a["text"] and b is not c  # a fresh dict each time
+    with pytest.raises(ValueError, match="train=False"):
+        ManifestDataset(iu, split=None, image_size=48, train=True, cache=True)

@@ -146,3 +146,34 @@ def test_missing_model_is_one_clear_line():
     assert "medalign-test-org/no-such-bert" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ValueError, match="pretrained=False"):
         TextConfig(hf_config=TINY_BERT)
+
+
+def test_feature_cache_equals_uncached_and_encodes_each_row_once(tiny_tokenizer_dir):
+    enc = _tiny(tiny_tokenizer_dir).requires_grad_(False)
+    tok = enc.tokenize(TEXTS)
+    args = (tok["input_ids"], tok["attention_mask"], tok["word_ids"])
+    with torch.no_grad():
+        ref = enc(*args)
+    calls = []
+    enc.model.register_forward_hook(lambda m, i, o: calls.append(i))
+    enc.cache_features().train()  # cached features are the eval-mode ones even in train mode
+    first = enc(*args)
+    # rows in another order, one of them twice, padded to a different length: only cache hits
+    sub = enc.tokenize([TEXTS[2], TEXTS[0], TEXTS[2]])
+    again = enc(sub["input_ids"], sub["attention_mask"], sub["word_ids"])
+    assert len(calls) == 1
+    for f in (first,):
+        torch.testing.assert_close(f.pooled, ref.pooled)
+        torch.testing.assert_close(f.tokens[f.mask], ref.tokens[ref.mask])
+        torch.testing.assert_close(f.mask, ref.mask)
+    torch.testing.assert_close(again.pooled, ref.pooled[[2, 0, 2]])
+    for row, b in enumerate([2, 0, 2]):
+        torch.testing.assert_close(again.tokens[row][again.mask[row]], ref.tokens[b][ref.mask[b]])
+    assert enc.model.training  # the caller's mode is restored
+
+
+def test_feature_cache_refuses_a_trainable_encoder(tiny_tokenizer_dir):
+    enc = _tiny(tiny_tokenizer_dir).cache_features()
+    tok = enc.tokenize(TEXTS)
+    with pytest.raises(RuntimeError, match="frozen"):
+        enc(tok["input_ids"], tok["attention_mask"], tok["word_ids"])

@@ -1,0 +1,51 @@
+"""Alignment recipes: trainable sets per method/ablation, the frozen-text feature cache, and
+the in-memory training set that the ablations of notebook 02 share."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medalign_lite.data.dataset import ManifestDataset
+from medalign_lite.data.manifest import write_manifest
+from medalign_lite.models.vision import VisionConfig
+from medalign_lite.recipes import AlignmentRecipe, build_model, default_trainable, train_alignment
+
+
+def test_default_trainable_follows_the_ablation():
+    assert "head.*" in default_trainable("aga")
+    assert "head.*" not in default_trainable("aga", {"use_bcga": False})
+    assert "head.*" not in default_trainable("aga", {"global_only": True})
+    assert "head.*" not in default_trainable("gloria")
+    assert not any(p.startswith("text_encoder") for p in default_trainable("aga", text=False))
+
+
+@pytest.fixture
+def manifest(tiny_manifest):
+    folder, df = tiny_manifest
+    df = df.assign(split="train")
+    path = folder / "manifest.csv"
+    write_manifest(df, path)
+    return path
+
+
+def _recipe(**kw):
+    return AlignmentRecipe(method="aga", vision=VisionConfig(name="tiny_cnn", image_size=32), image_size=32,
+                           embed_dim=16, batch_size=3, epochs=1, max_steps=2, device="cpu", **kw)
+
+
+def test_cached_text_recipe_trains_an_ablation_without_touching_the_text_encoder(manifest, tmp_path):
+    recipe = _recipe(cache_text=True, augment=False, method_options={"use_bcga": False})
+    model = build_model(recipe)
+    before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    img_before = model.image_encoder.state_dict()["backbone.stem.0.weight"].clone()
+    ds = ManifestDataset(manifest, split="train", image_size=32, cache=True)
+    res = train_alignment(model, manifest, recipe, tmp_path / "run", dataset=ds)
+    assert res.done and len(model.text_encoder._cache) == 6
+    for k, v in model.text_encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not torch.equal(model.image_encoder.state_dict()["backbone.stem.0.weight"], img_before)
+
+
+def test_cached_text_refuses_a_trainable_text_encoder():
+    with pytest.raises(ValueError, match="cache_text"):
+        build_model(_recipe(cache_text=True, trainable=["img_*", "text_encoder.model.encoder.layer.5.*"]))
