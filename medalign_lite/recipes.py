@@ -8,7 +8,7 @@ class table, so AGA and ALTA plug in the same way.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -88,15 +88,19 @@ def recipe_trainable(recipe: "AlignmentRecipe") -> list[str]:
     return default_trainable(recipe.method, recipe.method_options, text=not recipe.cache_text)
 
 
-def build_model(recipe: AlignmentRecipe) -> nn.Module:
-    """The recipe's method around fresh encoders (seeded)."""
+def build_model(recipe: AlignmentRecipe, text_encoder: nn.Module | None = None) -> nn.Module:
+    """The recipe's method around fresh encoders (seeded). ``text_encoder``: reuse this one
+    instead of loading a new one (only with ``cache_text``: a frozen encoder and its feature
+    cache can serve every run of an ablation)."""
     table = _methods()
     if recipe.method not in table:
         raise ValueError(f"unknown method {recipe.method!r}; choose one of {', '.join(table)}")
     cls, cfg_cls = table[recipe.method]
     torch.manual_seed(recipe.seed)
     vision = build_image_encoder(VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size}))
-    text = build_text_encoder(recipe.text)
+    if text_encoder is not None and not recipe.cache_text:
+        raise ValueError("a shared text_encoder needs cache_text=True (a trained one would leak between runs)")
+    text = text_encoder if text_encoder is not None else build_text_encoder(recipe.text)
     cfg = cfg_cls(**{"embed_dim": recipe.embed_dim, **recipe.method_options})
     if recipe.cache_text:
         trainable = recipe_trainable(recipe)
@@ -234,3 +238,72 @@ def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, spli
                           "mask_auroc": float(np.nanmean(per_item[idx])) if np.isfinite(per_item[idx]).any() else float("nan")}
     return {"n_phrases": len(maps), "pointing_game": float(pg["accuracy"]), "mask_auroc": float(au["mean"]),
             "per_kind": per_kind, "maps": sim, "masks": m, "kinds": kinds, "study_ids": study, "grid": grid}
+
+
+# --- ablations ----------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """One trained variant: its recipe, model, training history and retrieval scores."""
+
+    name: str
+    seed: int
+    recipe: AlignmentRecipe
+    model: nn.Module | None
+    history: list[dict]
+    retrieval: dict
+    seconds: float
+
+
+def run_variants(variants: dict[str, AlignmentRecipe], seeds: Sequence[int], manifest: str | Path,
+                 gallery_manifest: str | Path, output_dir: str | Path,
+                 train_dataset: ManifestDataset | None = None, gallery_dataset: ManifestDataset | None = None,
+                 keep_models: Sequence[int] = (0,), on_result: Callable[[RunResult], None] | None = None,
+                 ks: Sequence[int] = (1, 5, 10), text_encoders: dict[str, nn.Module] | None = None
+                 ) -> list[RunResult]:
+    """Train every variant once per seed and score it on the gallery, one run after the other.
+
+    ``variants`` maps a name to a recipe (its ``seed`` is replaced by each of ``seeds``).
+    Models of the seeds in ``keep_models`` are returned for plotting; the others are dropped
+    after scoring to keep memory flat. Runs write under ``output_dir/<name>_s<seed>``.
+    Recipes with ``cache_text`` and the same text config share one frozen text encoder, so
+    each report is encoded once for the whole grid; pass the same ``text_encoders`` dict to
+    several calls to share them across calls too (it is filled in place).
+    """
+    import time
+
+    out = []
+    shared: dict[str, nn.Module] = text_encoders if text_encoders is not None else {}
+    for seed in seeds:
+        for name, recipe in variants.items():
+            r = replace(recipe, seed=seed)
+            t0 = time.perf_counter()
+            text = None
+            if r.cache_text:
+                key = repr(r.text)
+                if key not in shared:
+                    shared[key] = build_text_encoder(r.text)
+                text = shared[key]
+            model = build_model(r, text_encoder=text)
+            res = train_alignment(model, manifest, r, Path(output_dir) / f"{name}_s{seed}", dataset=train_dataset)
+            scores = retrieval_eval(model, gallery_manifest, r.image_size, ks=ks, dataset=gallery_dataset)
+            result = RunResult(name, seed, r, model if seed in keep_models else None, res.history, scores,
+                               time.perf_counter() - t0)
+            out.append(result)
+            if on_result is not None:
+                on_result(result)
+    return out
+
+
+def summarize_runs(results: Sequence[RunResult], keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10", "t2i_P@5")):
+    """A DataFrame with one row per variant: mean and std over seeds of each retrieval key,
+    and the number of seeds (``n``). Std is the sample std (ddof 1; NaN for one seed)."""
+    import pandas as pd
+
+    rows = [{"variant": r.name, "seed": r.seed, **{k: r.retrieval[k] for k in keys}} for r in results]
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df["variant"]))
+    g = df.groupby("variant", sort=False)[list(keys)]
+    table = g.mean().add_suffix(" mean").join(g.std(ddof=1).add_suffix(" std"))
+    table["n"] = g.size()
+    cols = [c for k in keys for c in (f"{k} mean", f"{k} std")] + ["n"]
+    return table.loc[order, cols]

@@ -49,3 +49,31 @@ def test_cached_text_recipe_trains_an_ablation_without_touching_the_text_encoder
 def test_cached_text_refuses_a_trainable_text_encoder():
     with pytest.raises(ValueError, match="cache_text"):
         build_model(_recipe(cache_text=True, trainable=["img_*", "text_encoder.model.encoder.layer.5.*"]))
+
+
+def test_run_variants_and_summary(manifest, tmp_path):
+    import pandas as pd
+
+    from medalign_lite.data.manifest import load_manifest
+    from medalign_lite.recipes import run_variants, summarize_runs
+
+    gallery = tmp_path / "gallery.csv"
+    g = load_manifest(manifest).assign(**{"class": ["Edema", "Atelectasis"] * 3})
+    write_manifest(g, gallery)
+    seen, encoders = [], {}
+    results = run_variants({"full": _recipe(cache_text=True), "global": _recipe(method_options={"global_only": True})},
+                           seeds=[0, 1], manifest=manifest, gallery_manifest=gallery, output_dir=tmp_path / "runs",
+                           keep_models=(1,), on_result=lambda r: seen.append((r.name, r.seed)), ks=(1, 2), text_encoders=encoders)
+    assert seen == [("full", 0), ("global", 0), ("full", 1), ("global", 1)]
+    # the cached-text runs of both seeds share one frozen encoder (and its cache); the others don't
+    (shared,) = encoders.values()
+    assert results[2].model.text_encoder is shared and results[3].model.text_encoder is not shared
+    assert [r.model is None for r in results] == [True, True, False, False]
+    assert all(0.0 <= r.retrieval["i2t_P@1"] <= 1.0 and r.history for r in results)
+    # seeds differ: different initial weights, so different scores or histories
+    assert results[0].history[-1]["loss"] != results[2].history[-1]["loss"]
+    table = summarize_runs(results, keys=("i2t_P@1",))
+    assert list(table.index) == ["full", "global"] and (table["n"] == 2).all()
+    vals = pd.Series([results[0].retrieval["i2t_P@1"], results[2].retrieval["i2t_P@1"]])
+    assert table.loc["full", "i2t_P@1 mean"] == pytest.approx(vals.mean())
+    assert table.loc["full", "i2t_P@1 std"] == pytest.approx(vals.std(ddof=1), nan_ok=True)

@@ -157,7 +157,10 @@ class TextEncoder(nn.Module):
         special tokens are removed rather than masked). Refuses to run while any parameter
         requires grad, since the stored features would go stale.
         """
-        self._cache = {} if enabled else None
+        if not enabled:
+            self._cache = None
+        elif self._cache is None:  # already on: keep what is stored
+            self._cache = {}
         return self
 
     def _row_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
