@@ -154,3 +154,144 @@ def training_curves(history: Sequence[dict], keys: Sequence[str] | None = None, 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- report generation -----------------------------------------------------------------------
+def ce_bars(per_observation: dict[str, dict[str, float]], title: str = "CE F1 per observation",
+            ylabel: str = "F1", support: dict[str, int] | None = None) -> plt.Figure:
+    """Grouped bars: F1 per CheXpert observation (x) for each system (one colour each).
+
+    ``per_observation`` is ``{system: {observation: F1}}`` (``score_reports(...)["per_observation"]``
+    per system); observations follow the first system's order, a value a system lacks is drawn
+    as 0 height with no bar. ``support`` (reference positives per observation) is appended to
+    the tick labels when given.
+    """
+    systems = list(per_observation)
+    observations = list(next(iter(per_observation.values()), {}))
+    for s in systems[1:]:
+        observations += [o for o in per_observation[s] if o not in observations]
+    n_sys = max(1, len(systems))
+    width = 0.8 / n_sys
+    x = np.arange(len(observations))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(observations) * max(1.0, n_sys / 2)), 3.6))
+    for k, s in enumerate(systems):
+        vals = np.array([per_observation[s].get(o, np.nan) for o in observations], dtype=float)
+        ax.bar(x + (k - (n_sys - 1) / 2) * width, np.nan_to_num(vals), width, label=s,
+               color=_COLORS[k % len(_COLORS)])
+    labels = [f"{o} ({support[o]})" if support and o in support else o for o in observations]
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if systems:
+        ax.legend(fontsize=7, ncol=min(4, n_sys))
+    fig.tight_layout()
+    return fig
+
+
+# --- AGA: gates, groups, thresholds, ablations ----------------------------------------------
+def gating_panels(sim: np.ndarray, normalized: np.ndarray, gated: np.ndarray, words: Sequence[str],
+                  sigma: float, grid: tuple[int, int] | None = None, title: str = "") -> plt.Figure:
+    """Three (T, P) heatmaps side by side: the raw token×patch cosine S, its min-max
+    normalisation over patches (each row spans [0, 1]) and the gated ŝ (entries below σ set
+    to 0; a row's non-zeros are its token's text-grouped visual group)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.22 * len(words) + 2), sharey=True)
+    for ax, m, t in zip(axes, (sim, normalized, gated),
+                        ("S = cos(t_j, v_k)", "min-max over patches", f"gated: ŝ = s if s ≥ σ_tg = {sigma:.2f}")):
+        similarity_heatmap(np.asarray(m)[: len(words)], words, grid=grid, title=t, ax=ax)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def group_sizes(normalized: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
+    """Mean group size (elements kept per row, at least the row's best) of a (…, P)
+    normalised similarity array at each threshold in ``sigmas``; NaN rows (padding) ignored."""
+    a = np.asarray(normalized, dtype=float).reshape(-1, np.shape(normalized)[-1])
+    a = a[np.isfinite(a).all(1)]
+    return np.array([np.maximum((a >= s).sum(1), 1).mean() for s in sigmas])
+
+
+def group_size_curve(normalized: dict[str, np.ndarray], marks: dict[str, float] | None = None,
+                     title: str = "group size against the threshold") -> plt.Figure:
+    """Mean group size against σ ∈ [0, 1] for each named normalised similarity array
+    (e.g. TGV rows over patches, PGL columns over tokens), with trained thresholds marked."""
+    sigmas = np.linspace(0, 1, 101)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for k, (name, arr) in enumerate(normalized.items()):
+        c = _COLORS[k % len(_COLORS)]
+        ax.plot(sigmas, group_sizes(arr, sigmas), color=c, label=name)
+        if marks and name in marks:
+            ax.axvline(marks[name], color=c, ls="--", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("threshold σ")
+    ax.set_ylabel("mean group size")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def threshold_curves(histories: dict[str, Sequence[dict]], keys: Sequence[str] = ("sigma_tg", "sigma_vg"),
+                     x: str = "global_step", title: str = "momentum thresholds") -> plt.Figure:
+    """σ over training, one panel per threshold, one line per run (the trainer's logged
+    rows; rows without the key are skipped)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for k, (name, hist) in enumerate(histories.items()):
+            rows = [r for r in hist if key in r and x in r]
+            ax.plot([r[x] for r in rows], [r[key] for r in rows], color=_COLORS[k % len(_COLORS)], label=name)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(x)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"), chance: float | None = None,
+                  title: str = "ablations") -> plt.Figure:
+    """Grouped bars of ``<key> mean`` with ``<key> std`` error bars, one group per variant
+    (a :func:`~medalign_lite.recipes.summarize_runs` table)."""
+    variants = list(table.index)
+    x = np.arange(len(variants))
+    width = 0.8 / max(1, len(keys))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants)), 3.4))
+    for k, key in enumerate(keys):
+        std = np.nan_to_num(table[f"{key} std"].to_numpy(dtype=float)) if f"{key} std" in table else None
+        ax.bar(x + (k - (len(keys) - 1) / 2) * width, table[f"{key} mean"].to_numpy(dtype=float), width,
+               yerr=std, capsize=2, label=key, color=_COLORS[k % len(_COLORS)])
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls="--", lw=0.8, label="chance")
+    ax.set_xticks(x)
+    ax.set_xticklabels(variants, rotation=20, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def threshold_explorer(normalized: np.ndarray, words: Sequence[str], sigma: float = 0.5):
+    """An ipywidgets slider over σ that redraws the gated matrix and the group sizes of one
+    pair's normalised (T, P) similarities. Returns the widget (None without ipywidgets); it
+    does nothing headless, so notebooks draw a static figure first."""
+    try:
+        import ipywidgets as widgets
+    except ImportError:  # pragma: no cover - the notebooks extra installs it
+        return None
+    a = np.asarray(normalized, dtype=float)[: len(words)]
+
+    def draw(s: float):
+        gated = np.where(a >= s, a, 0.0)
+        sizes = np.maximum((a >= s).sum(1), 1)
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 0.22 * len(words) + 1.5),
+                                       gridspec_kw={"width_ratios": [4, 1]}, sharey=True)
+        similarity_heatmap(gated, words, title=f"gated at σ = {s:.2f}", ax=ax0)
+        ax1.barh(range(len(words)), sizes, color=_COLORS[0])
+        ax1.set_xlabel("patches kept")
+        fig.tight_layout()
+        plt.show()
+
+    return widgets.interactive(draw, s=widgets.FloatSlider(value=float(sigma), min=0.0, max=1.0, step=0.01,
+                                                           description="σ_tg"))

@@ -41,3 +41,27 @@ def test_training_curves_one_panel_per_loss_and_stage_marks():
     assert len(fig.axes) == 2
     assert any(len(line.get_xdata()) == 2 and line.get_xdata()[0] == 5 for line in fig.axes[0].lines)
     plt.close(fig)
+
+
+def test_group_sizes_count_kept_elements_with_a_floor_of_one():
+    a = np.array([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0], [np.nan, np.nan, np.nan]])
+    sizes = viz.group_sizes(a, [0.0, 0.6, 2.0])
+    # σ = 0 keeps everything; 0.6 keeps the 1.0s; above 1 every row keeps its best (floor 1)
+    np.testing.assert_allclose(sizes, [3.0, (1 + 3) / 2, 1.0])
+
+
+def test_aga_figures_have_their_panels():
+    rng = np.random.default_rng(0)
+    s = rng.random((4, 9))
+    fig = viz.gating_panels(s, s, np.where(s > 0.5, s, 0), ["a", "b", "c", "d"], 0.5, grid=(3, 3))
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 3
+    hist = [{"global_step": i, "sigma_tg": 0.1 * i, "sigma_vg": 0.2} for i in range(5)]
+    fig = viz.threshold_curves({"free": hist, "structured": hist[:3]})
+    assert [len(ax.lines) for ax in fig.axes[:2]] == [2, 2]
+    assert len(viz.group_size_curve({"TGV": s}, marks={"TGV": 0.5}).axes[0].lines) == 2
+    import pandas as pd
+    table = pd.DataFrame({"i2t_P@5 mean": [0.4, 0.3], "i2t_P@5 std": [0.01, float("nan")]}, index=["full", "gloria"])
+    fig = viz.ablation_bars(table, keys=("i2t_P@5",), chance=0.2)
+    assert len(fig.axes[0].patches) == 2
+    w = viz.threshold_explorer(s, ["a", "b", "c", "d"], 0.4)
+    assert w is not None and w.children[0].value == 0.4
