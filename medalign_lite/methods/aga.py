@@ -406,6 +406,7 @@ class AGAHead(nn.Module):
                 s_bar_vg = s_vg.clamp_min(0).sum() / n_entries
             sigma_tg = self.gate_tg(s_bar_tg).to(dtype)
             sigma_vg = self.gate_vg(s_bar_vg).to(dtype)
+            out.update(s_bar_tg=s_bar_tg, s_bar_vg=s_bar_vg)  # what σ moves towards
         g_tg, keep_tg = threshold_gate(s_tg, sigma_tg)
         g_vg, keep_vg = threshold_gate(s_vg, sigma_vg)
 
@@ -471,6 +472,39 @@ class AGA(DualEncoder):
         return self.head(j.image.patches, j.image.pooled, j.text.tokens, j.text.mask, j.text.pooled)
 
 
+def term_gradient_norms(model: AGA, batch, prefix: str = "image_encoder.") -> dict[str, float]:
+    """‖∂L_term/∂θ‖₂ of each term of the objective over the parameters named ``prefix*``.
+
+    Terms: ``"L_g"``, ``"IGA"`` = (L_tf + L_vf)/2 and ``"BCGA"`` = (L_gla + L_gva)/2 (their
+    λ = 1, as in the objective), on one batch, gates in eval mode (σ is not updated). The λ weights are
+    swapped one term at a time and restored. A diagnostic for ablations: a term whose gradient
+    at the encoder is orders of magnitude below the others cannot change what a short run
+    learns (BCGA at initialisation: every u_j is nearly the same uniform-attention mean, so
+    the contrast of p_j against them is flat).
+    """
+    c = model.config
+    saved = (c.lambda1, c.lambda2, c.lambda3, model.training)
+    params = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+    if not params:
+        raise ValueError(f"no parameter starts with {prefix!r}")
+    terms = {"L_g": (1.0, 0.0, 0.0)}
+    if c.use_iga and not c.global_only:
+        terms["IGA"] = (0.0, 1.0, 0.0)
+    if model.head.bcga is not None and not c.global_only:
+        terms["BCGA"] = (0.0, 0.0, 1.0)
+    out = {}
+    try:
+        model.eval()
+        for name, (l1, l2, l3) in terms.items():
+            c.lambda1, c.lambda2, c.lambda3 = l1, l2, l3
+            grads = torch.autograd.grad(model(batch)["loss"], params, allow_unused=True)
+            out[name] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+    finally:
+        c.lambda1, c.lambda2, c.lambda3 = saved[:3]
+        model.train(saved[3])
+    return out
+
+
 def build_aga(config: str | Path = "aga_tiny", overrides: Sequence[str] = ()) -> AGA:
     """An :class:`AGA` with fresh encoders from a config file's ``model:``, ``vision:`` and
     ``text:`` sections (``medalign_lite/configs/aga_tiny.yaml``, ``aga_full.yaml``, or a path).
@@ -506,6 +540,7 @@ __all__ = [
     "minmax_normalize",
     "momentum_update",
     "patch_grouped_language",
+    "term_gradient_norms",
     "text_grouped_visual",
     "threshold_gate",
     "token_patch_similarity",

@@ -264,6 +264,8 @@ def test_momentum_gate_update_formula_train_only():
     assert float(head.gate_tg.sigma) == pytest.approx(s1[0], abs=1e-9)
     assert float(head.gate_vg.sigma) == pytest.approx(s1[1], abs=1e-9)
     out = head(*x2)                                      # gates with σ from before the step
+    assert float(out["s_bar_tg"]) == pytest.approx(s2[0], abs=1e-9)  # the target σ moves towards
+    assert float(out["s_bar_vg"]) == pytest.approx(s2[1], abs=1e-9)
     assert float(out["sigma_tg"]) == pytest.approx(s1[0], abs=1e-9)
     assert float(out["sigma_vg"]) == pytest.approx(s1[1], abs=1e-9)
     assert float(head.gate_tg.sigma) == pytest.approx(0.9 * s1[0] + 0.1 * s2[0], abs=1e-9)
@@ -420,3 +422,22 @@ def test_bench_aga_small_shapes_and_cli(capsys):
     res = json.loads(lines[-1])
     assert res["B"] == 2 and math.isfinite(res["vs_gloria"]) and "head_share" not in res
     assert any("scaled down" in line for line in lines)
+
+
+def test_term_gradient_norms_match_single_term_models_and_restore_state():
+    from medalign_lite.methods.aga import term_gradient_norms
+
+    torch.manual_seed(0)
+    model = AGA(FakeImageEncoder(), FakeTextEncoder(), AGAConfig(embed_dim=8)).train()
+    batch = _batch()
+    norms = term_gradient_norms(model, batch)
+    assert set(norms) == {"L_g", "IGA", "BCGA"} and all(v > 0 for v in norms.values())
+    assert (model.config.lambda1, model.config.lambda2, model.config.lambda3) == (1.0, 1.0, 1.0) and model.training
+    # the IGA entry is the gradient of (L_tf + L_vf)/2 alone
+    model.config.lambda1, model.config.lambda3 = 0.0, 0.0
+    model.eval()
+    loss = model(batch)["loss"]
+    g = torch.autograd.grad(loss, [p for n, p in model.named_parameters() if n.startswith("image_encoder.")])
+    assert norms["IGA"] == pytest.approx(float(torch.sqrt(sum((x.double() ** 2).sum() for x in g))), rel=1e-6)
+    assert set(term_gradient_norms(AGA(FakeImageEncoder(), FakeTextEncoder(),
+                                       AGAConfig(embed_dim=8, use_bcga=False)), batch)) == {"L_g", "IGA"}
