@@ -57,6 +57,7 @@ __all__ = [
     "image_features",
     "majority_report",
     "nearest_neighbour_reports",
+    "pretrain_report_lm",
     "pretrained_vision_encoder",
     "score_key_order",
     "score_reports",
@@ -246,6 +247,91 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
 
 
 # --------------------------------------------------------------------------- 2. features
+
+
+def pretrain_report_lm(texts: Sequence[str], llm=None, epochs: int = 3, batch_size: int = 32, lr: float = 1e-3,
+                       max_tokens: int = 128, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                       progress: bool = False) -> Path:
+    """A tiny Llama pre-trained on report text, saved as a Hugging Face folder (cached).
+
+    S2D-ALIGN tunes Vicuna-7B with LoRA: a language model that already writes text. The tiny
+    stand-in's random weights cannot be taught language through rank-16 adapters alone, so it
+    is first trained on the training reports (full weights, next-token cross-entropy on
+    ``<bos> report <eos>``, AdamW with cosine decay) — the analogue of the LLM's pre-training,
+    on text only; images come later, through the SMA. The folder (``config.json``,
+    ``model.safetensors``, tokenizer files) loads with ``LLMConfig(name=str(folder))``.
+
+    Cached under ``{cache_dir or $MEDALIGN_CACHE/lms}/tiny-<sha>`` keyed by the texts, the LLM
+    config and the training settings; written to a temporary folder and renamed (atomic).
+    Returns the folder; ``folder / "pretrain.json"`` records the settings, seconds and the
+    final loss.
+    """
+    from .models.llm import LLMConfig, load_causal_lm
+    from .text.tokenizer import cache_root
+
+    llm = llm or LLMConfig()
+    if llm.name != "tiny":
+        raise ValueError(f"pretrain_report_lm trains the tiny model, not {llm.name!r} (a real LLM is already pre-trained)")
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise ValueError("pretrain_report_lm needs at least one non-empty report")
+    settings = {"llm": json.loads(json.dumps(asdict(llm), default=str)), "epochs": epochs, "batch_size": batch_size,
+                "lr": lr, "max_tokens": max_tokens, "seed": seed, "version": CACHE_VERSION}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\x00")
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "lms"
+    folder = root / f"tiny-{h.hexdigest()[:16]}"
+    if (folder / "model.safetensors").is_file() and (folder / "pretrain.json").is_file():
+        return folder
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model, tok = load_causal_lm(replace(llm, torch_dtype="float32"))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    n_batches = (len(texts) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * n_batches),
+                                                pct_start=0.05, anneal_strategy="cos")
+    losses = []
+    for _ in quiet_progress(range(epochs), desc="pretrain LM", enabled=progress or None):
+        order = torch.randperm(len(texts), generator=g).tolist()
+        for i in range(0, len(order), batch_size):
+            enc = tok([texts[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
+                      max_length=max_tokens - 1, return_tensors="pt")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), tok.pad_token_id)], 1)
+            mask = torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], 1)
+            ends = mask.sum(1, keepdim=True)                       # <eos> after the last token
+            ids, mask = ids.scatter(1, ends, tok.eos_token_id), mask.scatter(1, ends, 1)
+            labels = ids.masked_fill(mask == 0, -100)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=root))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        tail = losses[-max(1, n_batches // 4):]
+        (tmp / "pretrain.json").write_text(json.dumps({**settings, "n_texts": len(texts), "steps": len(losses),
+                                                       "final_loss": sum(tail) / len(tail),
+                                                       "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep theirs
+            if not (folder / "model.safetensors").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 @torch.no_grad()

@@ -215,3 +215,23 @@ def test_cache_key_follows_manifest_content(manifest_path):
     assert encoder_cache_key(manifest_path, recipe) != k1
     manifest_path.write_text(text)
     assert encoder_cache_key(manifest_path, recipe) == k1
+
+
+def test_pretrain_report_lm_learns_caches_and_loads(tmp_path):
+    from medalign_lite.models.llm import LLMConfig, load_causal_lm
+    from medalign_lite.reportgen import pretrain_report_lm
+
+    texts = ["the heart is normal . no effusion ."] * 24 + ["small left pleural effusion ."] * 8
+    small = LLMConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    folder = pretrain_report_lm(texts, small, epochs=20, batch_size=8, lr=1e-2, cache_dir=tmp_path)
+    info = json.loads((folder / "pretrain.json").read_text())
+    assert info["steps"] == 80 and info["final_loss"] < 1.5  # log(vocab) ≈ 7.3 at the start
+    assert pretrain_report_lm(texts, small, epochs=20, batch_size=8, lr=1e-2, cache_dir=tmp_path) == folder
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary folder left behind
+    model, tok = load_causal_lm(LLMConfig(name=str(folder)))
+    enc = tok(["the heart is"], return_tensors="pt")
+    with torch.no_grad():
+        nxt = model(**enc).logits[0, -1].argmax()
+    assert tok.decode([int(nxt)]).strip() == "normal"
+    with pytest.raises(ValueError, match="tiny"):
+        pretrain_report_lm(texts, LLMConfig(name="lmsys/vicuna-7b-v1.5"), cache_dir=tmp_path)
