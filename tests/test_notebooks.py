@@ -38,6 +38,13 @@ def test_notebook_smoke(nb, tmp_path, data_home, monkeypatch):
         for name in ("random", "convirt", "gloria"):
             assert 0 <= metrics[f"{name}/i2t_P@5"] <= 1
         assert metrics["gloria/n_phrases"] > 0 and 0 <= metrics["gloria/mask_auroc"] <= 1
+    if nb.stem == "02_aga_gating_iga_bcga":
+        for v in ("full", "no_bcga", "no_iga", "fixed_thresholds", "global_only", "gloria"):
+            assert 0 <= metrics[f"{v}/i2t_P@5_mean"] <= 1 and metrics[f"{v}/i2t_P@5_std"] >= 0
+            assert f"{v}/seed1/i2t_P@5" in metrics  # smoke runs two seeds
+        for style in ("real", "structured"):
+            assert 0 < metrics[f"sigma_tg/{style}"] < 1.5 and 0 < metrics[f"sigma_vg/{style}"] < 1.5
+        assert metrics["grad_norm/untrained/IGA"] > 0 and metrics["full/pointing_game"] >= 0
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
