@@ -130,6 +130,31 @@ def _bench_aga(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_s2d_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench_s2d_generate
+
+    res = bench_s2d_generate(args.n_reports, args.batch_size, args.num_beams, args.max_new_tokens,
+                             report_tokens=args.report_tokens or None, device=args.device, threads=args.threads,
+                             config=args.config, prefill_once=not args.no_prefill, compare_plain=args.compare,
+                             overrides=tuple(args.set), omp_wait_policy=args.omp_wait_policy or None)
+    print(f"S2D-ALIGN report generation ({res['config']}, random weights), {res['device']}")
+    print(f"{res['n_reports']} reports, batch {res['batch_size']}, beam {res['num_beams']}, KV cache, "
+          f"prompt {res['prompt_tokens']} tokens ({res['memory_size']} soft), reports forced to "
+          f"{res['report_tokens']} tokens (max {res['max_new_tokens']}), prompt prefilled once: {res['prefill_once']}")
+    print(f"  {res['reports_per_s']:.1f} reports/s, {res['tokens_per_s']:.0f} tokens/s, "
+          f"{res['mean_generated_tokens']:.1f} tokens per report, {res['seconds']:.2f} s")
+    if "prefill_speedup" in res:
+        other = res.get("plain_reports_per_s", res.get("prefilled_reports_per_s"))
+        print(f"  the other prompt path: {other:.1f} reports/s (prefill speed-up x{res['prefill_speedup']:.2f})")
+    print(f"  CPU time {res['cpu_seconds']:.2f} s, {res['threads']} thread(s), OMP_WAIT_POLICY="
+          f"{res['omp_wait_policy'] or '(default)'}, load average before/after: {res['load_avg']}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.builders import BUILDERS
 
@@ -198,6 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--json", action="store_true", help="last line: the result as JSON")
     a.set_defaults(func=_bench_aga)
+
+    s = bench.add_parser("s2d-generate", help="S2D-ALIGN report generation speed (beam search, KV cache)")
+    s.add_argument("--n-reports", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--num-beams", type=int, default=3)
+    s.add_argument("--max-new-tokens", type=int, default=120)
+    s.add_argument("--report-tokens", type=int, default=46,
+                   help="every report ends after this many tokens (<eos> forced; an untrained LM rarely stops): "
+                        "46 = IU mean in tiny-tokenizer words + <eos>; 0 = generate freely")
+    s.add_argument("--config", default="s2d_tiny", help="packaged config name or YAML path")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override, e.g. model.memory_size=32 (repeatable)")
+    s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    s.add_argument("--no-prefill", action="store_true", help="let generate run the prompt once per beam")
+    s.add_argument("--omp-wait-policy", default="PASSIVE",
+                   help="OpenMP wait policy of the measuring process (PASSIVE: no spinning on a shared machine; "
+                        "'' = as this process)")
+    s.add_argument("--compare", action="store_true", help="also time the other prompt path")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    s.set_defaults(func=_bench_s2d_generate)
     return p
 
 
