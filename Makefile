@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medalign-installed
 export TQDM_MININTERVAL ?= 5
+# OpenMP's default spin-waiting makes torch's 2 threads ~10x slower when other processes share
+# the cores (measured by `medalign bench s2d-generate`); passive waiting costs little when idle.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test venv data clean
 
