@@ -8,13 +8,13 @@ class table, so AGA and ALTA plug in the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .data.dataset import Collate, ManifestDataset
@@ -23,7 +23,7 @@ from .eval.retrieval import retrieval_report
 from .models.text import TextConfig, build_text_encoder
 from .models.vision import VisionConfig, build_image_encoder
 from .nn import l2norm
-from .train import Stage, Trainer, TrainConfig, TrainResult
+from .train import Stage, TrainConfig, Trainer, TrainResult
 from .utils import quiet_progress
 
 
@@ -80,7 +80,7 @@ def default_trainable(method: str, method_options: dict | None = None, text: boo
     return base + (["head.*"] if has_head else [])
 
 
-def recipe_trainable(recipe: "AlignmentRecipe") -> list[str]:
+def recipe_trainable(recipe: AlignmentRecipe) -> list[str]:
     """The recipe's trainable patterns: its own list, else :func:`default_trainable` (text
     encoder frozen when the recipe caches its features)."""
     if recipe.trainable:

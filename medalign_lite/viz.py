@@ -4,7 +4,7 @@ notebooks can save it.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.lines

@@ -8,7 +8,12 @@ import torch
 from medalign_lite.data.dataset import ManifestDataset
 from medalign_lite.data.manifest import write_manifest
 from medalign_lite.models.vision import VisionConfig
-from medalign_lite.recipes import AlignmentRecipe, build_model, default_trainable, train_alignment
+from medalign_lite.recipes import (
+    AlignmentRecipe,
+    build_model,
+    default_trainable,
+    train_alignment,
+)
 
 
 def test_default_trainable_follows_the_ablation():

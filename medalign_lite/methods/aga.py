@@ -67,8 +67,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..nn import NEG_INF, CrossAttention, info_nce, l2norm
 from .dual import DualEncoder

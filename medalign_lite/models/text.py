@@ -144,7 +144,7 @@ class TextEncoder(nn.Module):
         self._cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ feature cache
-    def cache_features(self, enabled: bool = True) -> "TextEncoder":
+    def cache_features(self, enabled: bool = True) -> TextEncoder:
         """Memoise the features of a *frozen* encoder, keyed by each row's tokens.
 
         Ablations and tutorials train many small models against the same frozen text encoder;
