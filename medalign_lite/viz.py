@@ -295,3 +295,43 @@ def threshold_explorer(normalized: np.ndarray, words: Sequence[str], sigma: floa
 
     return widgets.interactive(draw, s=widgets.FloatSlider(value=float(sigma), min=0.0, max=1.0, step=0.01,
                                                            description="σ_tg"))
+
+
+# --- S2D-ALIGN: where the memory queries look -----------------------------------------------
+def memory_attention_grid(image: np.ndarray, attention: np.ndarray, grid: tuple[int, int],
+                          queries: Sequence[int] | None = None, ncols: int = 4, panel: float = 2.4,
+                          title: str = "", mask: np.ndarray | None = None) -> plt.Figure:
+    """The radiograph, then one panel per memory query of S2D's SMA_v: the query's attention
+    over the patch grid (a row of ``S2D.memory_attention``, (M, P), rows summing to 1) upsampled
+    bilinearly over the image (:func:`similarity_overlay`; the cross marks its maximum).
+
+    ``queries``: which rows to draw (default: all). Each panel's title gives the query index
+    and its attention entropy relative to uniform, H / log P (1: looks everywhere alike).
+    ``mask``: an optional (H, W) contour drawn on every panel (e.g. the study's findings).
+    """
+    att = np.asarray(attention, dtype=float)
+    if att.ndim != 2 or att.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"attention must be (M, {grid[0] * grid[1]}) for grid {tuple(grid)}, got {att.shape}")
+    qs = list(range(att.shape[0])) if queries is None else [int(q) for q in queries]
+    n = len(qs) + 1
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows + 0.4), squeeze=False)
+    axes = axes.ravel()
+    axes[0].imshow(image, cmap="gray")
+    if mask is not None and np.asarray(mask).any():
+        axes[0].contour(np.asarray(mask, dtype=float), levels=[0.5], colors=["white"], linewidths=1.0)
+    axes[0].set_title("radiograph", fontsize=8)
+    axes[0].set_axis_off()
+    log_p = np.log(att.shape[1]) if att.shape[1] > 1 else 1.0
+    for ax, q in zip(axes[1:], qs):
+        row = att[q]
+        p = row / max(row.sum(), 1e-12)
+        h = max(0.0, float(-(p * np.log(np.clip(p, 1e-12, None))).sum() / log_p))
+        similarity_overlay(ax, image, row, grid, mask, title=f"query {q} (H/log P {h:.2f})")
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -65,3 +65,21 @@ def test_aga_figures_have_their_panels():
     assert len(fig.axes[0].patches) == 2
     w = viz.threshold_explorer(s, ["a", "b", "c", "d"], 0.4)
     assert w is not None and w.children[0].value == 0.4
+
+
+def test_memory_attention_grid_one_panel_per_query_and_the_image():
+    grid = (4, 4)
+    att = np.full((6, 16), 1 / 16)
+    att[2] = 0.0
+    att[2, 4 * 2 + 1] = 1.0  # query 2 looks at patch (2, 1) only
+    fig = viz.memory_attention_grid(np.zeros((64, 64)), att, grid, queries=[0, 2], ncols=3)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 3 and shown[0].get_title() == "radiograph"
+    assert "query 0 (H/log P 1.00)" == shown[1].get_title() and "H/log P 0.00" in shown[2].get_title()
+    (line,) = shown[2].lines
+    assert 16 <= line.get_xdata()[0] < 32 and 32 <= line.get_ydata()[0] < 48  # the cell of patch (2, 1)
+    plt.close(fig)
+    import pytest
+
+    with pytest.raises(ValueError, match="attention must be"):
+        viz.memory_attention_grid(np.zeros((8, 8)), np.ones((2, 5)), grid)
