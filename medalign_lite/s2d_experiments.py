@@ -111,9 +111,9 @@ __all__ = [
     "VariantRun",
     "curriculum_stage",
     "encode_dataset",
-    "patch_statistics",
     "generate_reports",
     "independent_memory_state",
+    "patch_statistics",
     "run_s2d_variants",
     "shared_prefix",
     "trainable_for",
@@ -559,7 +559,7 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
                      full_eval: Sequence[str] = ("progressive",), eval_batch_size: int = 64,
                      generation: dict | None = None, meteor: bool | str = "full", baselines: bool = True,
                      reuse_prefixes: bool = True, keep_models: Sequence[str] = ("progressive",),
-                     save_weights: str = "all", on_result: Callable[[VariantRun], None] | None = None,
+                     save_weights: str = "trained", keep_checkpoints: bool = True, on_result: Callable[[VariantRun], None] | None = None,
                      progress: bool | None = None) -> S2DResults:
     """Train S2D-ALIGN variants, generate reports from images only, score them; add baselines.
 
@@ -577,7 +577,11 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
         output_dir: trainer runs go to ``output_dir/<variant>_s<seed>`` (cleared first).
         epochs, lrs: per-stage budget (:func:`variant_stages`); ``max_steps`` caps each stage.
         seeds: one run of every variant per seed (model init, data order, dropout).
-        batch_size, precision, device, warmup_ratio, log_every, save_weights: trainer settings.
+        batch_size, precision, device, warmup_ratio, log_every, save_weights: trainer settings
+            (``"trained"``: checkpoints hold the trained weights only; the frozen ones come from
+            the seeded build, the same in every run).
+        keep_checkpoints: False deletes each run's ``checkpoints/`` once every variant of its
+            seed is done (``metrics.jsonl`` and ``config.yaml`` stay).
         cache_patches: compute the frozen encoder's features once (:class:`PrecomputedPatches`).
         standardize: SMA_v reads per-channel standardised patches, statistics of the training
             split (:func:`patch_statistics`); an affine map its W_in could absorb, but which
@@ -697,5 +701,9 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
                 on_result(run)
             if not keep:
                 del model
+        if not keep_checkpoints:
+            for d in done:
+                shutil.rmtree(d.run_dir / "checkpoints", ignore_errors=True)
+            done.clear()
     return results
 

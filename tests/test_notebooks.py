@@ -45,6 +45,17 @@ def test_notebook_smoke(nb, tmp_path, data_home, monkeypatch):
         for style in ("real", "structured"):
             assert 0 < metrics[f"sigma_tg/{style}"] < 1.5 and 0 < metrics[f"sigma_vg/{style}"] < 1.5
         assert metrics["grad_norm/untrained/IGA"] > 0 and metrics["full/pointing_game"] >= 0
+    if nb.stem == "05_s2d_full":
+        variants = ("progressive", "joint", "single_stage", "reversed", "without_stage3", "independent_memory",
+                    "mlp_projector")
+        for v in variants:  # every variant of the paper's ablation table has its CE F1 (smoke runs all of them)
+            assert 0 <= metrics[f"ablation/{v}/ce_micro_f1_u0_mean"] <= 1
+            assert 0 <= metrics[f"ablation/{v}/seed0/ce_macro_f1_u0"] <= 1
+        for system in ("progressive", "nearest_neighbour", "majority"):  # the main table, whole test split
+            for key in ("ce_micro_f1_u0", "ce_macro_f1_u0", "ce_example_f1_u0", "ce5_macro_f1_u0", "BLEU_4", "ROUGE_L"):
+                assert 0 <= metrics[f"test/{system}/{key}"] <= 1
+        assert metrics["claim/progressive_beats_nn/ce_micro_f1_u0"] in (True, False)
+        assert metrics["seconds/total_seconds"] > 0
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -159,7 +159,7 @@ def manifest(tmp_path_factory):
         row = empty_manifest_row()
         row.update(study_id=f"s{i}", patient_id=f"p{i}", split="train" if i < 8 else "test", dataset="mimic-cxr",
                    view="PA", frontal=name, findings=REPORTS[i % len(REPORTS)], impression="",
-                   prior_report=PRIORS[i % len(PRIORS)], **{"Cardiomegaly": str(i % 2)})
+                   prior_report=PRIORS[i % len(PRIORS)], Cardiomegaly=str(i % 2))
         rows.append(row)
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
 
