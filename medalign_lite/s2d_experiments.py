@@ -52,14 +52,18 @@ By default progressive, single stage, reversed and without stage 3 all share pro
 stage 1, and without stage 3 is progressive's stage-2 checkpoint (nothing left to train). The
 independent-memory model also branches from it: in stage 1 only SMA_v runs, so its bank
 receives exactly the shared bank's updates and the two unused banks keep their initial values
-(:func:`independent_memory_state`); the tests check this against a from-scratch run.
+(:func:`independent_memory_state`). The tests compare every branch with the same variant
+trained from scratch (losses, weights and reports agree to float tolerance).
 
 **Frozen features, computed once.** The image encoder is frozen and training uses the
 deterministic eval transform, so its patches are the same at every epoch: with
 ``cache_patches`` they are computed once per dataset (:func:`encode_dataset`) and the S2D model
 reads them through :class:`PrecomputedPatches` (a wrapper that passes (B, P, D) features
 through and runs the encoder on (B, C, H, W) images). The pooled features of the same pass
-give the nearest-neighbour baseline.
+give the nearest-neighbour baseline. With ``standardize`` (ours) SMA_v reads per-channel
+standardised patches (training-split statistics, :func:`patch_statistics`): an affine map that
+SMA_v's W_in could absorb, but the tiny tutorial run learned to use the image only with it (the
+notebook ``05_s2d_full`` gives the measurement).
 
 :func:`run_s2d_variants` trains the requested variants for each seed, generates reports for an
 evaluation set from the image only (batched beam search, :meth:`S2D.generate`), scores them with
@@ -549,6 +553,137 @@ def _plan(variants: Sequence[str]) -> list[str]:
     return [v for v in order if v in variants]
 
 
+def _chains(variants: Sequence[str], seeds: Sequence[int], stages_of: Callable[[str], list[Stage]],
+            reuse_prefixes: bool) -> list[list[tuple[int, str]]]:
+    """The (seed, variant) jobs split into chains that share no stage prefix with each other.
+
+    Within a chain the jobs run in :func:`_plan` order in one process, so every branch finds the
+    run it branches from (:func:`_find_branch` on runs that checkpointed every stage); different
+    chains are independent computations and may run in parallel. Chains come in plan order of
+    their first job, seed by seed."""
+    chains: list[list[tuple[int, str]]] = []
+    for seed in seeds:
+        by_variant: dict[str, list[tuple[int, str]]] = {}
+        done: list[_Done] = []
+        for v in _plan(variants):
+            options, stages = variant_model_options(v), stages_of(v)
+            src = _find_branch(done, seed, options, stages)[0] if reuse_prefixes else None
+            chain = by_variant[src.variant] if src is not None else []
+            if src is None:
+                chains.append(chain)
+            chain.append((seed, v))
+            by_variant[v] = chain
+            done.append(_Done(v, seed, options, stages, Path(), {i: Path() for i in range(len(stages))}))
+    return chains
+
+
+@dataclass
+class _Context:
+    """Everything a chain of variant runs needs (picklable: it goes to worker processes)."""
+
+    train_items: Dataset
+    eval_items: Dataset
+    vision: nn.Module
+    llm: LLMConfig
+    model_config: S2DConfig
+    out_root: Path
+    stages_of: dict[str, list[Stage]]
+    references: list[str]
+    subset: list[int]
+    full_eval: tuple[str, ...]
+    keep: frozenset[tuple[str, int]]
+    batch_size: int
+    precision: str
+    device: str
+    log_every: int
+    save_weights: str
+    reuse_prefixes: bool
+    keep_checkpoints: bool
+    eval_batch_size: int
+    generation: dict
+    meteor: bool | str
+    progress: bool | None
+
+
+def _score(ctx: _Context, refs: Sequence[str], hyps: Sequence[str], whole: bool) -> tuple[dict, float]:
+    from .reportgen import score_reports
+
+    t = time.perf_counter()
+    s = score_reports(list(refs), list(hyps), meteor=bool(ctx.meteor) if ctx.meteor != "full" else whole)
+    return s, time.perf_counter() - t
+
+
+def _build(ctx: _Context, options: dict, seed: int) -> S2D:
+    torch.manual_seed(seed)
+    lm, tok = load_causal_lm(ctx.llm)
+    return S2D(ctx.vision, lm, tok, replace(ctx.model_config, **options), ctx.llm)
+
+
+def _run_chain(ctx: _Context, jobs: Sequence[tuple[int, str]], threads: int | None = None,
+               on_result: Callable[[VariantRun], None] | None = None, return_state: bool = False
+               ) -> list[tuple[VariantRun, dict | None]]:
+    """Train, generate and score the (seed, variant) ``jobs`` one after another (branching from
+    each other's checkpoints) → [(run, trained state dict or None)]. ``return_state`` (worker
+    processes): kept models come back as state dicts, not modules; ``threads``: torch's
+    intra-op threads in this process."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sub, references = ctx.subset, ctx.references
+    done: list[_Done] = []
+    out: list[tuple[VariantRun, dict | None]] = []
+    for seed, variant in jobs:
+        options, stages = variant_model_options(variant), ctx.stages_of[variant]
+        run_dir = ctx.out_root / f"{variant}_s{seed}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        model = _build(ctx, options, seed)
+        branched = None
+        if ctx.reuse_prefixes:
+            src, k, convert = _find_branch(done, seed, options, stages)
+            if src is not None:
+                branched = _branch_into(src, k, run_dir, model if convert else None)
+        cfg = TrainConfig(output_dir=str(run_dir), batch_size=ctx.batch_size, seed=seed, precision=ctx.precision,
+                          device=ctx.device, log_every=ctx.log_every, save_weights=ctx.save_weights, stages=stages)
+        t = time.perf_counter()
+        res = Trainer(model, ctx.train_items, cfg, collate_fn=Collate()).fit(resume=branched is not None)
+        train_s = time.perf_counter() - t
+        done.append(_Done(variant, seed, options, stages, run_dir, _stage_checkpoints(run_dir)))
+        model.eval()
+        whole = variant in ctx.full_eval
+        idx = list(range(len(ctx.eval_items))) if whole else sub
+        t = time.perf_counter()
+        reports = generate_reports(model, ctx.eval_items, idx, ctx.eval_batch_size, progress=ctx.progress,
+                                   **ctx.generation)
+        gen_s = time.perf_counter() - t
+        by_idx = dict(zip(idx, reports))
+        full_scores, s_full = _score(ctx, references, reports, True) if whole else (None, 0.0)
+        if full_scores is not None and len(sub) == len(references):
+            scores, s_part = full_scores, 0.0
+        else:
+            scores, s_part = _score(ctx, [references[i] for i in sub], [by_idx[i] for i in sub],
+                                    len(sub) == len(references))
+        keep = (variant, seed) in ctx.keep
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()} if keep and return_state else None
+        run = VariantRun(variant, seed, stages, res.history, reports, idx, scores, full_scores,
+                         {"train": round(train_s, 2), "shared": round(branched["seconds"], 2) if branched else 0.0,
+                          "generate": round(gen_s, 2), "score": round(s_full + s_part, 2)},
+                         branched, model if keep and not return_state else None)
+        out.append((run, state))
+        if on_result is not None:
+            on_result(run)
+        del model
+    if not ctx.keep_checkpoints:
+        for d in done:
+            shutil.rmtree(d.run_dir / "checkpoints", ignore_errors=True)
+    return out
+
+
+def _run_chain_in_worker(ctx: _Context, jobs: Sequence[tuple[int, str]], threads: int
+                         ) -> list[tuple[VariantRun, dict | None]]:
+    return _run_chain(ctx, jobs, threads=threads, return_state=True)
+
+
 def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, vision_encoder: nn.Module,
                      llm: LLMConfig, model_config: S2DConfig, output_dir: str | Path,
                      epochs: Sequence[int] = PAPER_EPOCHS, lrs: Sequence[float] = PAPER_LRS,
@@ -560,7 +695,7 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
                      generation: dict | None = None, meteor: bool | str = "full", baselines: bool = True,
                      reuse_prefixes: bool = True, keep_models: Sequence[str] = ("progressive",),
                      save_weights: str = "trained", keep_checkpoints: bool = True, on_result: Callable[[VariantRun], None] | None = None,
-                     progress: bool | None = None) -> S2DResults:
+                     progress: bool | None = None, workers: int = 1) -> S2DResults:
     """Train S2D-ALIGN variants, generate reports from images only, score them; add baselines.
 
     Args:
@@ -580,8 +715,8 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
         batch_size, precision, device, warmup_ratio, log_every, save_weights: trainer settings
             (``"trained"``: checkpoints hold the trained weights only; the frozen ones come from
             the seeded build, the same in every run).
-        keep_checkpoints: False deletes each run's ``checkpoints/`` once every variant of its
-            seed is done (``metrics.jsonl`` and ``config.yaml`` stay).
+        keep_checkpoints: False deletes each run's ``checkpoints/`` once every variant that may
+            branch from it is done (``metrics.jsonl`` and ``config.yaml`` stay).
         cache_patches: compute the frozen encoder's features once (:class:`PrecomputedPatches`).
         standardize: SMA_v reads per-channel standardised patches, statistics of the training
             split (:func:`patch_statistics`); an affine map its W_in could absorb, but which
@@ -596,29 +731,35 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
         reuse_prefixes: branch variants from shared stage prefixes (False: every variant from
             scratch, e.g. to check that both give the same numbers).
         keep_models: variants whose model of ``seeds[0]`` is returned.
-        on_result: called with each :class:`VariantRun` when it is done.
+        on_result: called with each :class:`VariantRun` when it is done (with ``workers`` > 1,
+            when its chain is done).
+        workers: CPU processes that train independent chains of variants side by side
+            (:func:`_chains`: variants that branch from each other stay in one chain, and each
+            seed is its own chain). On a small CPU model two threads in one process are slower
+            than one, while two processes of one thread each use two cores fully. Each worker
+            runs ``max(1, torch threads // workers)`` threads; every run is seeded, so the
+            numbers do not depend on ``workers`` (tested). CPU only: on CUDA use 1.
 
     Returns:
         :class:`S2DResults` (``summary()`` gives the table).
     """
-    from .reportgen import majority_report, nearest_neighbour_reports, score_reports
+    from .reportgen import majority_report, nearest_neighbour_reports
+    from .utils import resolve_device
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown S2D variant(s) {unknown}; choose from {list(VARIANTS)}")
     if not seeds:
         raise ValueError("seeds is empty")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and resolve_device(device).type != "cpu":
+        raise ValueError(f"workers={workers} runs CPU processes side by side; on {device} use workers=1")
     out_root = Path(output_dir)
     out_root.mkdir(parents=True, exist_ok=True)
-    generation = dict(generation or {})
     references = list(eval_dataset.texts)
     sub = _subset(len(eval_dataset), subset, seeds[0])
     setup: dict[str, float] = {}
-
-    def score(refs, hyps, whole: bool) -> tuple[dict, float]:
-        t = time.perf_counter()
-        s = score_reports(refs, hyps, meteor=bool(meteor) if meteor != "full" else whole)
-        return s, time.perf_counter() - t
 
     # frozen features: once per dataset
     t0 = time.perf_counter()
@@ -641,6 +782,15 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
         train_items, eval_items = train_dataset, eval_dataset
     setup["features"] = time.perf_counter() - t0
 
+    stages_of = {v: variant_stages(v, epochs, lrs, warmup_ratio, max_steps) for v in variants}
+    ctx = _Context(train_items=train_items, eval_items=eval_items, vision=vision, llm=llm, model_config=model_config,
+                   out_root=out_root, stages_of=stages_of, references=references, subset=sub,
+                   full_eval=tuple(full_eval), keep=frozenset((v, seeds[0]) for v in keep_models),
+                   batch_size=batch_size, precision=precision, device=device, log_every=log_every,
+                   save_weights=save_weights, reuse_prefixes=reuse_prefixes, keep_checkpoints=keep_checkpoints,
+                   eval_batch_size=eval_batch_size, generation=dict(generation or {}), meteor=meteor,
+                   progress=progress)
+
     results = S2DResults(runs=[], baselines={}, references=references, subset=sub, setup_seconds=setup)
     if baselines:
         t = time.perf_counter()
@@ -648,62 +798,57 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
         maj = majority_report(list(train_dataset.texts))
         picked = time.perf_counter() - t
         for name, reps in (("nearest_neighbour", nn_reports), ("majority", [maj] * len(references))):
-            full, s_full = score(references, reps, True)
-            part, s_part = score([references[i] for i in sub], [reps[i] for i in sub], len(sub) == len(references))
+            full, s_full = _score(ctx, references, reps, True)
+            part, s_part = _score(ctx, [references[i] for i in sub], [reps[i] for i in sub],
+                                  len(sub) == len(references))
             results.baselines[name] = BaselineResult(name, reps, part, full, picked + s_full + s_part)
 
-    def build(options: dict, seed: int) -> S2D:
-        torch.manual_seed(seed)
-        lm, tok = load_causal_lm(llm)
-        return S2D(vision, lm, tok, replace(model_config, **options), llm)
-
-    done: list[_Done] = []
-    for seed in seeds:
-        for variant in _plan(variants):
-            options = variant_model_options(variant)
-            stages = variant_stages(variant, epochs, lrs, warmup_ratio, max_steps)
-            run_dir = out_root / f"{variant}_s{seed}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
-            model = build(options, seed)
-            branched = None
-            if reuse_prefixes:
-                src, k, convert = _find_branch(done, seed, options, stages)
-                if src is not None:
-                    branched = _branch_into(src, k, run_dir, model if convert else None)
-            cfg = TrainConfig(output_dir=str(run_dir), batch_size=batch_size, seed=seed, precision=precision,
-                              device=device, log_every=log_every, save_weights=save_weights, stages=stages)
-            t = time.perf_counter()
-            res = Trainer(model, train_items, cfg, collate_fn=Collate()).fit(resume=branched is not None)
-            train_s = time.perf_counter() - t
-            done.append(_Done(variant, seed, options, stages, run_dir, _stage_checkpoints(run_dir)))
-            model.eval()
-            whole = variant in full_eval
-            idx = list(range(len(eval_items))) if whole else sub
-            t = time.perf_counter()
-            reports = generate_reports(model, eval_items, idx, eval_batch_size, progress=progress, **generation)
-            gen_s = time.perf_counter() - t
-            by_idx = dict(zip(idx, reports))
-            full_scores, s_full = score(references, reports, True) if whole else (None, 0.0)
-            if full_scores is not None and len(sub) == len(references):
-                scores, s_part = full_scores, 0.0
-            else:
-                scores, s_part = score([references[i] for i in sub], [by_idx[i] for i in sub],
-                                       len(sub) == len(references))
-            keep = variant in keep_models and seed == seeds[0]
-            run = VariantRun(variant, seed, stages, res.history, reports, idx, scores, full_scores,
-                             {"train": round(train_s, 2), "shared": round(branched["seconds"], 2) if branched else 0.0,
-                              "generate": round(gen_s, 2), "score": round(s_full + s_part, 2)},
-                             branched, model if keep else None)
-            results.runs.append(run)
-            if on_result is not None:
-                on_result(run)
-            if not keep:
-                del model
-        if not keep_checkpoints:
-            for d in done:
-                shutil.rmtree(d.run_dir / "checkpoints", ignore_errors=True)
-            done.clear()
+    chains = _chains(variants, seeds, stages_of.__getitem__, reuse_prefixes)
+    if workers == 1 or len(chains) == 1:
+        pairs = [p for chain in chains for p in _run_chain(ctx, chain, on_result=on_result)]
+    else:
+        pairs = _run_parallel(ctx, chains, workers, on_result)
+    # plan order, seed by seed, whatever order the chains finished in
+    rank = {(s, v): (i, j) for i, s in enumerate(seeds) for j, v in enumerate(_plan(variants))}
+    for run, _ in sorted(pairs, key=lambda p: rank[(p[0].seed, p[0].name)]):
+        results.runs.append(run)
     return results
+
+
+def _chain_cost(chain: Sequence[tuple[int, str]], stages_of: dict[str, list[Stage]]) -> float:
+    """Rough training cost of a chain: epochs of the stages it trains (a stage prefix shared
+    with an earlier job counts once), each weighted by its LM sequence, 1 + 0.5 per auxiliary
+    input (used only to start the longest chains first)."""
+    seen: list[list[Stage]] = []
+    cost = 0.0
+    for _, v in chain:
+        stages = stages_of[v]
+        k = max((shared_prefix(s, stages) for s in seen), default=0)
+        cost += sum(st.epochs * (1 + 0.5 * len(st.inputs.get("aux", []))) for st in stages[k:])
+        seen.append(stages)
+    return cost
+
+
+def _run_parallel(ctx: _Context, chains: list[list[tuple[int, str]]], workers: int,
+                  on_result: Callable[[VariantRun], None] | None) -> list[tuple[VariantRun, dict | None]]:
+    """Chains in ``workers`` spawned processes, the longest first; kept models are rebuilt
+    here from their state dicts."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // workers)
+    ordered = sorted(chains, key=lambda c: -_chain_cost(c, ctx.stages_of))
+    pairs: list[tuple[VariantRun, dict | None]] = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(chains)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_chain_in_worker, ctx, chain, threads) for chain in ordered]
+        for f in as_completed(futures):
+            for run, state in f.result():
+                if state is not None:
+                    model = _build(ctx, variant_model_options(run.name), run.seed)
+                    model.load_state_dict(state)
+                    run.model = model.eval()
+                if on_result is not None:
+                    on_result(run)
+                pairs.append((run, None))
+    return pairs
 

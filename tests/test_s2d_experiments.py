@@ -164,13 +164,14 @@ def manifest(tmp_path_factory):
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
 
 
-def _run(manifest, tok_dir, tmp_path, variants, reuse=True, seeds=(0,)):
+def _run(manifest, tok_dir, tmp_path, variants, reuse=True, seeds=(0,), workers=1):
     tr = ManifestDataset(manifest, split="train", prior_report=True, image_size=16)
     ev = ManifestDataset(manifest, split="test", prior_report=True, image_size=16)
     torch.manual_seed(123)  # the same frozen encoder for every call
     return run_s2d_variants(variants, tr, ev, FakeImageEncoder(), _llm(tok_dir), S2DConfig(**SMALL), tmp_path,
                             epochs=(1, 1, 1), lrs=(1e-2, 5e-3, 2e-3), seeds=seeds, batch_size=4, device="cpu",
-                            log_every=1, subset=3, meteor=False, reuse_prefixes=reuse, eval_batch_size=3)
+                            log_every=1, subset=3, meteor=False, reuse_prefixes=reuse, eval_batch_size=3,
+                            workers=workers)
 
 
 def _weights(run_dir, stage_index):
@@ -235,6 +236,42 @@ def test_branches_are_the_runs_they_would_be_alone(manifest, tok_dir, tmp_path):
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=f"{v}: {k}")
         assert a.reports == b.reports
+
+
+def test_chains_keep_branches_together_and_seeds_apart():
+    from medalign_lite.s2d_experiments import _chains
+
+    def stages_of(v):
+        return variant_stages(v, (1, 1, 1), PAPER_LRS)
+
+    chains = _chains(list(VARIANTS), [0, 1], stages_of, reuse_prefixes=True)
+    trunk = [(0, v) for v in ("progressive", "without_stage3", "reversed", "single_stage", "independent_memory")]
+    assert chains[:3] == [trunk, [(0, "joint")], [(0, "mlp_projector")]]
+    assert chains[3:] == [[(1, v) for _, v in c] for c in chains[:3]]
+    alone = _chains(["progressive", "reversed"], [0], stages_of, reuse_prefixes=False)
+    assert alone == [[(0, "progressive")], [(0, "reversed")]]
+
+
+def test_worker_processes_give_the_same_runs(manifest, tok_dir, tmp_path):
+    """workers=2 trains the chains in two spawned processes: the same reports, scores and
+    losses, in the same order, and the kept model comes back with the same weights."""
+    variants = ["progressive", "reversed", "joint"]
+    one = _run(manifest, tok_dir, tmp_path / "one", variants)
+    two = _run(manifest, tok_dir, tmp_path / "two", variants, workers=2)
+    assert [r.name for r in two.runs] == [r.name for r in one.runs] == ["progressive", "reversed", "joint"]
+    for a, b in zip(one.runs, two.runs):
+        assert a.reports == b.reports and a.indices == b.indices, a.name
+        flat = [k for k in a.scores if k != "per_observation"]
+        assert {k: b.scores[k] for k in flat} == pytest.approx({k: a.scores[k] for k in flat}), a.name
+        assert b.scores["per_observation"] == pytest.approx(a.scores["per_observation"]), a.name
+        la = [row["loss"] for row in a.history if "loss" in row]
+        lb = [row["loss"] for row in b.history if "loss" in row]
+        np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-6, err_msg=a.name)
+    assert two.runs[1].branched_from["variant"] == "progressive"
+    ma, mb = one.runs[0].model.state_dict(), two.runs[0].model.state_dict()
+    assert ma.keys() == mb.keys() and all(torch.allclose(ma[k], mb[k], atol=1e-6) for k in ma)
+    with pytest.raises(ValueError, match="workers"):
+        _run(manifest, tok_dir, tmp_path / "bad", variants, workers=0)
 
 
 def test_independent_memory_state_keeps_unused_banks_at_init(tok_dir):
