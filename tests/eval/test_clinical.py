@@ -116,3 +116,26 @@ def test_ce_from_texts():
     assert one["micro"]["recall"] == pytest.approx(3 / 4)
     with pytest.raises(ValueError, match="references"):
         ce_from_texts(refs, hyps[:2])
+
+
+def test_bootstrap_diff_is_paired_and_centred_on_the_observed_difference():
+    from medalign_lite.eval.clinical import ce_bootstrap_diff
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 2, (300, 14)).astype(float)
+    good = np.where(rng.random(ref.shape) < 0.9, ref, 1 - ref)     # 90 % of labels right
+    bad = np.where(rng.random(ref.shape) < 0.6, ref, 1 - ref)      # 60 %
+    for average in ("micro", "macro"):
+        r = ce_bootstrap_diff(ref, good, bad, average=average, n_boot=500)
+        direct = ce_metrics(ref, good)[average]["f1"] - ce_metrics(ref, bad)[average]["f1"]
+        assert r["diff"] == pytest.approx(direct)
+        assert 0 < r["low"] < r["diff"] < r["high"] and r["p_a_not_better"] == 0.0
+    same = ce_bootstrap_diff(ref, good, good, n_boot=200)
+    assert same["diff"] == same["low"] == same["high"] == 0.0 and same["p_a_not_better"] == 1.0
+    # a small difference on few studies: the interval straddles 0
+    close = np.where(rng.random(ref.shape) < 0.88, ref, 1 - ref)
+    r = ce_bootstrap_diff(ref[:20], good[:20], close[:20], n_boot=1000)
+    assert r["low"] < 0 < r["high"] and 0.01 < r["p_a_not_better"] < 0.99
+    assert ce_bootstrap_diff(ref, good, bad, seed=1)["low"] == ce_bootstrap_diff(ref, good, bad, seed=1)["low"]
+    with pytest.raises(ValueError, match="shape"):
+        ce_bootstrap_diff(ref, good[:10], bad)
