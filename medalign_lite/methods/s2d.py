@@ -66,8 +66,10 @@ Labels are −100 everywhere except the report tokens and ``<eos>``.
   same tokens as ``generate`` alone, a third of the prompt compute at beam 3, and no copy of
   the prompt cache at every beam-search step. With ``merge_lora_for_generation`` the LoRA
   update is folded into copies of the weights while generating (:func:`merged_lora`; the
-  originals are put back untouched). Together: 5.5 → 13 reports/s for ``s2d_tiny`` at beam 3
-  on a 2-core CPU shared with other jobs (``medalign bench s2d-generate``, 46-token reports).
+  originals are put back untouched). On a CPU the decode steps use transformers' eager
+  attention (``generation_attention``): for a one-token query, SDPA's CPU kernel was ~12 %
+  slower. Together: 5.5 → 14–16 reports/s for ``s2d_tiny`` at beam 3 in one process on a
+  2-core CPU (``medalign bench s2d-generate``, 46-token reports; ``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
@@ -122,6 +124,8 @@ class S2DConfig:
     length_penalty: float = 1.0      # beam score = Σ log p / length^α (R2GenGPT: 2.0)
     no_repeat_ngram_size: int = 0    # 0: off (38 % of IU reports repeat a word trigram)
     prefill_once: bool = True        # prefill the prompt once per image, beams share its KV cache
+    generation_attention: str | None = "eager"  # LM attention kernel while generating on a CPU
+    #                                   (one-token decode steps: eager beat SDPA by ~12 %); None: as loaded
     merge_lora_for_generation: bool = True  # fold LoRA into copies of W₀ while generating (costs
     #                                   one copy of the adapted weights: off for a 7B LM)
 
@@ -329,6 +333,24 @@ def share_prompt_cache(cache, num_beams: int, capacity: int):
                                           l.values.repeat_interleave(num_beams, 0), capacity)
                     for l in layers]
     return cache
+
+
+@contextlib.contextmanager
+def attention_implementation(lm: nn.Module, name: str | None) -> Iterator[None]:
+    """The transformers model inside ``lm`` (a peft wrapper or not) uses attention kernel
+    ``name`` (``"eager"``, ``"sdpa"``, ...) for the block, then its own again; ``None`` or a
+    model without ``set_attn_implementation``: no change. The kernels compute the same
+    attention (the tests compare generated tokens)."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    old = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    if name is None or old is None or name == old or not hasattr(base, "set_attn_implementation"):
+        yield
+        return
+    base.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(old)
 
 
 @contextlib.contextmanager
@@ -611,10 +633,11 @@ class S2D(nn.Module):
         kw = self._generation_kwargs(overrides)
         prefill = self.config.prefill_once if prefill_once is None else prefill_once
         merge = merged_lora(self.lm) if self.config.merge_lora_for_generation else contextlib.nullcontext()
+        attention = self.config.generation_attention if images.device.type == "cpu" else None
         was_training = self.training
         self.eval()
         try:
-            with merge, torch.inference_mode(), warnings.catch_warnings():
+            with merge, attention_implementation(self.lm, attention), torch.inference_mode(), warnings.catch_warnings():
                 # the penalty applies to generated tokens only, as we want (the prompt is soft tokens)
                 warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
                 embeds = self.generation_inputs(images)
@@ -679,6 +702,7 @@ __all__ = [
     "S2DConfig",
     "S2DInputs",
     "SharedPromptBeamLayer",
+    "attention_implementation",
     "build_s2d",
     "causal_lm_loss",
     "merged_lora",

@@ -222,6 +222,21 @@ def test_generation_ignores_auxiliary_inputs_and_stage(tok_dir):
     assert torch.equal(ids, m.generate_ids(full.images, min_new_tokens=6))
     assert torch.equal(m.generate_ids(full.images, num_beams=1, min_new_tokens=4),
                        m.generate_ids(full.images, num_beams=1, min_new_tokens=4, prefill_once=False))
+    # the decode-time attention kernel changes no token, and the LM gets its own kernel back
+    base = m.lm.get_base_model()
+    loaded = base.config._attn_implementation
+    assert m.config.generation_attention == "eager" and loaded != "eager"
+    m.config.generation_attention = None
+    assert torch.equal(ids, m.generate_ids(full.images, min_new_tokens=6))
+    m.config.generation_attention = "eager"
+    seen = []
+    original = base.set_attn_implementation
+    base.set_attn_implementation = lambda name: (seen.append(name), original(name))
+    try:
+        assert torch.equal(ids, m.generate_ids(full.images, min_new_tokens=6))
+    finally:
+        del base.set_attn_implementation
+    assert seen == ["eager", loaded] and base.config._attn_implementation == loaded
 
 
 def test_merged_lora_restores_the_very_same_weights(tok_dir):
@@ -394,3 +409,17 @@ def test_bench_cli_prints_json_last(capsys):
                  "--set", "model.memory_size=4", "--threads", "1", "--omp-wait-policy", "", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["n_reports"] == 2 and res["mean_generated_tokens"] == 3 and res["reports_per_s"] > 0
+
+
+def test_bench_processes_split_the_reports_and_time_them_together():
+    from medalign_lite.bench import bench_s2d_generate
+
+    res = bench_s2d_generate(n_reports=5, batch_size=2, report_tokens=3, overrides=("model.memory_size=4",),
+                             processes=2)
+    assert res["processes"] == 2 and res["threads"] >= 1 and res["n_reports"] == 5
+    assert [p["n_reports"] for p in res["per_process"]] == [3, 2] and res["mean_generated_tokens"] == 3
+    # the span covers every process's own timed section
+    assert res["seconds"] >= max(p["seconds"] for p in res["per_process"]) * 0.999
+    assert res["reports_per_s"] == pytest.approx(5 / res["seconds"], rel=0.01)
+    with pytest.raises(ValueError, match="processes"):
+        bench_s2d_generate(n_reports=1, processes=2)
