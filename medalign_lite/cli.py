@@ -138,7 +138,8 @@ def _bench_s2d_generate(args: argparse.Namespace) -> int:
     res = bench_s2d_generate(args.n_reports, args.batch_size, args.num_beams, args.max_new_tokens,
                              report_tokens=args.report_tokens or None, device=args.device, threads=args.threads,
                              config=args.config, prefill_once=not args.no_prefill, compare_plain=args.compare,
-                             overrides=tuple(args.set), omp_wait_policy=args.omp_wait_policy or None)
+                             overrides=tuple(args.set), omp_wait_policy=args.omp_wait_policy or None,
+                             processes=args.processes)
     print(f"S2D-ALIGN report generation ({res['config']}, random weights), {res['device']}")
     print(f"{res['n_reports']} reports, batch {res['batch_size']}, beam {res['num_beams']}, KV cache, "
           f"prompt {res['prompt_tokens']} tokens ({res['memory_size']} soft), reports forced to "
@@ -148,7 +149,8 @@ def _bench_s2d_generate(args: argparse.Namespace) -> int:
     if "prefill_speedup" in res:
         other = res.get("plain_reports_per_s", res.get("prefilled_reports_per_s"))
         print(f"  the other prompt path: {other:.1f} reports/s (prefill speed-up x{res['prefill_speedup']:.2f})")
-    print(f"  CPU time {res['cpu_seconds']:.2f} s, {res['threads']} thread(s), OMP_WAIT_POLICY="
+    print(f"  CPU time {res['cpu_seconds']:.2f} s, {res['processes']} process(es) of {res['threads']} thread(s), "
+          f"OMP_WAIT_POLICY="
           f"{res['omp_wait_policy'] or '(default)'}, load average before/after: {res['load_avg']}")
     if args.json:
         print(json.dumps(res))
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override, e.g. model.memory_size=32 (repeatable)")
     s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    s.add_argument("--processes", type=int, default=1,
+                   help="CPU processes generating side by side, the reports split between them (threads shared out)")
     s.add_argument("--no-prefill", action="store_true", help="let generate run the prompt once per beam")
     s.add_argument("--omp-wait-policy", default="PASSIVE",
                    help="OpenMP wait policy of the measuring process (PASSIVE: no spinning on a shared machine; "
