@@ -376,6 +376,20 @@ def apply_override(data: dict, cls, key: str, raw: str) -> dict:
     return data
 
 
+def split_overrides(overrides: Iterable[str], sections: Iterable[str]) -> dict[str, list[str]]:
+    """``["model.memory_size=32", "llm.name=/p"]`` → ``{"model": ["memory_size=32"], "llm":
+    ["name=/p"], ...}`` with every section present; an item naming no known section is an
+    error that lists the expected forms."""
+    per: dict[str, list[str]] = {s: [] for s in sections}
+    for item in overrides:
+        section, _, rest = item.partition(".")
+        if section not in per or not rest:
+            forms = ", ".join(f"{s}.KEY=V" for s in per)
+            raise ValueError(f"override {item!r}: expected one of {forms}")
+        per[section].append(rest)
+    return per
+
+
 def load_config(cls, path_or_name: str | Path | None = None, overrides: Iterable[str] = (), *,
                 section: str | None = None):
     """Build dataclass ``cls`` from its defaults, a YAML file and ``key=value`` overrides (in that order).

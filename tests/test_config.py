@@ -173,3 +173,14 @@ def test_apply_override_on_plain_data():
     assert data["extra"] == {"k": 3}
     with pytest.raises(TypeError):
         from_dict(dict, {})
+
+
+def test_split_overrides_by_section():
+    from medalign_lite.config import split_overrides
+
+    per = split_overrides(["model.memory_size=32", "llm.name=/m", "model.heads=4"], ("model", "vision", "llm"))
+    assert per == {"model": ["memory_size=32", "heads=4"], "vision": [], "llm": ["name=/m"]}
+    with pytest.raises(ValueError, match="model.KEY=V, vision.KEY=V"):
+        split_overrides(["text.name=x"], ("model", "vision"))
+    with pytest.raises(ValueError, match="'model'"):
+        split_overrides(["model"], ("model",))

@@ -512,16 +512,11 @@ def build_aga(config: str | Path = "aga_tiny", overrides: Sequence[str] = ()) ->
     ``overrides`` are ``section.key=value`` (``"text.pretrained=false"``,
     ``"vision.pretrained=false"``, ``"model.gamma_tg=0.999"``).
     """
-    from ..config import load_config
+    from ..config import load_config, split_overrides
     from ..models.text import TextConfig, build_text_encoder
     from ..models.vision import VisionConfig, build_image_encoder
 
-    per: dict[str, list[str]] = {"model": [], "vision": [], "text": []}
-    for item in overrides:
-        section, _, rest = item.partition(".")
-        if section not in per or not rest:
-            raise ValueError(f"override {item!r}: expected model.KEY=V, vision.KEY=V or text.KEY=V")
-        per[section].append(rest)
+    per = split_overrides(overrides, ("model", "vision", "text"))
     model_cfg = load_config(AGAConfig, config, per["model"], section="model")
     vision_cfg = load_config(VisionConfig, config, per["vision"], section="vision")
     text_cfg = load_config(TextConfig, config, per["text"], section="text")

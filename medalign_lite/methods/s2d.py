@@ -676,16 +676,11 @@ def build_s2d(config: str | Path = "s2d_tiny", overrides: Sequence[str] = (),
     replaces the one the ``vision:`` section describes (e.g. one pre-aligned by contrastive
     training).
     """
-    from ..config import load_config
+    from ..config import load_config, split_overrides
     from ..models.llm import load_causal_lm
     from ..models.vision import VisionConfig, build_image_encoder
 
-    per: dict[str, list[str]] = {"model": [], "vision": [], "llm": []}
-    for item in overrides:
-        section, _, rest = item.partition(".")
-        if section not in per or not rest:
-            raise ValueError(f"override {item!r}: expected model.KEY=V, vision.KEY=V or llm.KEY=V")
-        per[section].append(rest)
+    per = split_overrides(overrides, ("model", "vision", "llm"))
     model_cfg = load_config(S2DConfig, config, per["model"], section="model")
     llm_cfg = load_config(LLMConfig, config, per["llm"], section="llm")
     if vision_encoder is None:
