@@ -55,6 +55,10 @@ def test_notebook_smoke(nb, tmp_path, data_home, monkeypatch):
             for key in ("ce_micro_f1_u0", "ce_macro_f1_u0", "ce_example_f1_u0", "ce5_macro_f1_u0", "BLEU_4", "ROUGE_L"):
                 assert 0 <= metrics[f"test/{system}/{key}"] <= 1
         assert metrics["claim/progressive_beats_nn/ce_micro_f1_u0"] in (True, False)
+        for key in ("claim/progressive-nn/ce_micro_f1_u0", "claim/progressive-joint/ce_macro_f1_u0"):
+            ci = metrics[key]  # paired bootstrap of the F1 difference
+            assert -1 <= ci["low"] <= ci["high"] <= 1 and -1 <= ci["diff"] <= 1, (key, ci)
+        assert metrics["workers"] == 2  # the smoke run exercises the worker processes too
         assert metrics["seconds/total_seconds"] > 0
 
 
