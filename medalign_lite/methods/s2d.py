@@ -68,8 +68,9 @@ Labels are −100 everywhere except the report tokens and ``<eos>``.
   update is folded into copies of the weights while generating (:func:`merged_lora`; the
   originals are put back untouched). On a CPU the decode steps use transformers' eager
   attention (``generation_attention``): for a one-token query, SDPA's CPU kernel was ~12 %
-  slower. Together: 5.5 → 14–16 reports/s for ``s2d_tiny`` at beam 3 in one process on a
-  2-core CPU (``medalign bench s2d-generate``, 46-token reports; ``benchmarks/RESULTS.md``).
+  slower. Together: 5.5 → 10–12.5 reports/s for ``s2d_tiny`` at beam 3 in one process on a
+  2-core CPU, 26 with two one-thread processes (``medalign bench s2d-generate [--processes 2]``,
+  46-token reports; ``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
