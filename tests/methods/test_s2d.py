@@ -396,7 +396,7 @@ def test_build_s2d_tiny_config(tok_dir):
     assert not any(p.requires_grad for p in m.vision.parameters()) and not m.train().vision.training
     with pytest.raises(ValueError, match="unknown auxiliary"):
         m.aux = ("reference", "priors")
-    with pytest.raises(ValueError, match="expected model"):
+    with pytest.raises(ValueError, match="expected one of model.KEY=V, vision.KEY=V, llm.KEY=V"):
         build_s2d("s2d_tiny", ["text.name=x"])
 
 
