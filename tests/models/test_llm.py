@@ -1,6 +1,8 @@
 """Causal LM: tiny Llama forward/generate with KV cache, LoRA freezing, offline errors."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -97,6 +99,30 @@ def test_local_folder_loads_through_auto_classes(tok_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
     assert tok2.get_vocab() == tok.get_vocab()
+
+
+def test_small_local_checkpoints_load_without_a_progress_bar(tok_dir, tmp_path, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from medalign_lite.models import llm as llm_module
+
+    model, tok = load_causal_lm(LLMConfig(tokenizer=tok_dir, **SMALL))
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(str(tmp_path / "lm"))
+    states = []
+    original = llm_module._quiet_loading
+
+    @contextlib.contextmanager
+    def spy(source, small_bytes=100 * 2**20):
+        with original(source, small_bytes):
+            states.append(hf_logging.is_progress_bar_enabled())
+            yield
+
+    monkeypatch.setattr(llm_module, "_quiet_loading", spy)
+    load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
+    monkeypatch.setattr(llm_module, "_quiet_loading", lambda s: spy(s, small_bytes=1))  # "big"
+    load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
+    assert states == [False, True] and hf_logging.is_progress_bar_enabled()
 
 
 def test_missing_model_error_line():
