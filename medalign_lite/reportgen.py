@@ -189,9 +189,13 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
         ``ImageFeatures`` with ``pooled`` (B, Dg) and ``patches`` (B, P, Dl)), on the CPU,
         frozen with :func:`freeze` (read its caveat about a parent's ``.train()``), with
         ``encoder.alignment_info = {"cache_path", "loaded", "key", "seconds", "final_loss",
-        "recipe"}``: ``loaded`` is True when the weights came from the cache; ``seconds`` is
-        the training or loading time; ``final_loss`` the last logged training loss (from the
-        JSON when loaded).
+        "recipe", "created", "threads"}``: ``loaded`` is True when the weights came from the
+        cache; ``seconds`` is the training or loading time; ``final_loss`` the last logged
+        training loss, ``created`` when and ``threads`` with how many torch threads it was
+        trained (from the JSON when loaded; None for entries written before threads were
+        recorded). The key does not cover the thread count or the code version, and a CPU's
+        float reductions depend on both: an entry trained elsewhere is the same recipe, not
+        necessarily the same weights.
     """
     from .models.vision import VisionConfig, build_image_encoder
     from .recipes import build_model, train_alignment
@@ -233,7 +237,8 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
                                                         if k == "manifest_sha256"},
                 "train_seconds": round(train_seconds, 2), "final_loss": final_loss,
                 "steps": max((r.get("global_step", 0) for r in result.history), default=0),
-                "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
         _atomic_write(weights, lambda p: save_weights(encoder.state_dict(), p))  # last: marks the entry complete
         loaded = False
@@ -242,7 +247,8 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
     freeze(encoder)
     encoder.alignment_info = {"cache_path": str(weights), "loaded": loaded, "key": key,
                               "seconds": round(time.perf_counter() - t0, 3), "final_loss": final_loss,
-                              "recipe": _recipe_fields(recipe)}
+                              "recipe": _recipe_fields(recipe), "created": meta.get("created"),
+                              "threads": meta.get("threads")}
     return encoder
 
 

@@ -189,6 +189,8 @@ def test_pretrained_vision_encoder_trains_once_then_loads_from_cache(manifest_pa
     again = pretrained_vision_encoder(manifest_path, _tiny_recipe(device="auto"), cache_dir=cache)
     assert again.alignment_info["loaded"] is True and again.alignment_info["cache_path"] == info["cache_path"]
     assert again.alignment_info["final_loss"] == info["final_loss"]
+    assert again.alignment_info["threads"] == info["threads"] == meta["threads"] == torch.get_num_threads()
+    assert again.alignment_info["created"] == meta["created"]
     sd1, sd2 = enc.state_dict(), again.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert not again.training and not any(p.requires_grad for p in again.parameters())
