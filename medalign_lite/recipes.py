@@ -131,7 +131,9 @@ def train_alignment(model: nn.Module, manifest: str | Path, recipe: AlignmentRec
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    from .utils import module_device
+
+    return module_device(model)
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ and compares them with two baselines. This module holds what it needs besides th
    stand-in is a vision encoder first aligned on IU-Phantom with the engine's global contrastive
    objective (ConVIRT: image–report InfoNCE, :mod:`medalign_lite.methods.baselines`), then
    frozen. It is trained once per (recipe, manifest) and cached as safetensors.
-2. :func:`image_features` — pooled, L2-normalised image features of a whole dataset.
+2. :func:`encode_dataset` / :func:`image_features` — one encoder pass over a whole dataset:
+   pooled, L2-normalised features (and the patches).
 3. Baselines that put the generator's scores in context:
 
    - :func:`nearest_neighbour_reports` copies the training report of the most similar training
@@ -46,12 +47,13 @@ from .data.findings import CHEXPERT_LABELS
 from .eval.clinical import CHEXPERT_5, LABELER, POLICIES, ce_metrics
 from .eval.generation import METRIC_KEYS, clean_report, nlg_metrics
 from .nn import l2norm
-from .utils import quiet_progress
+from .utils import module_device, quiet_progress
 
 __all__ = [
     "CACHE_VERSION",
     "LABELER",
     "default_encoder_recipe",
+    "encode_dataset",
     "encoder_cache_key",
     "freeze",
     "image_features",
@@ -341,27 +343,40 @@ def pretrain_report_lm(texts: Sequence[str], llm=None, epochs: int = 3, batch_si
 
 
 @torch.no_grad()
-def image_features(encoder: nn.Module, dataset: ManifestDataset, batch_size: int = 64) -> torch.Tensor:
-    """(N, D) pooled, L2-normalised image features of every study of ``dataset``, in order.
+def encode_dataset(encoder: nn.Module, dataset, batch_size: int = 64, patches: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int] | None]:
+    """One pass of ``encoder`` over every study of ``dataset`` (its ``frontal`` images), in
+    order → (pooled (N, Dg) L2-normalised, patches (N, P, Dl) or None, grid).
 
-    ``encoder`` is an image encoder (``encoder(images).pooled``) or a dual encoder with
-    ``embed_images`` (its projected global vector). Runs under ``no_grad`` in eval mode on the
-    encoder's device (the mode is restored after); returns a CPU float32 tensor.
+    ``encoder`` is an image encoder (``encoder(images)`` → ``ImageFeatures``) or a dual
+    encoder with ``embed_images`` (its projected features). Runs under ``no_grad`` in eval
+    mode on the encoder's device (the mode is restored after); returns CPU float32 tensors.
+    ``patches=False`` keeps only the pooled vectors (less memory for big datasets).
     """
     was_training = encoder.training
     encoder.eval()
+    pooled, local, grid = [], [], None
     try:
-        param = next(encoder.parameters(), None)
-        dev = param.device if param is not None else torch.device("cpu")
+        dev = module_device(encoder)
         embed = getattr(encoder, "embed_images", encoder)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collate())
-        feats = [l2norm(embed(batch.images.to(dev)).pooled.float()).cpu()
-                 for batch in quiet_progress(loader, desc="image features")]
+        for batch in quiet_progress(loader, desc="image features"):
+            f = embed(batch.images.to(dev))
+            pooled.append(l2norm(f.pooled.float()).cpu())
+            if patches:
+                local.append(f.patches.float().cpu())
+                grid = f.grid
     finally:
         encoder.train(was_training)
-    if not feats:
-        raise ValueError("image_features: the dataset is empty")
-    return torch.cat(feats)
+    if not pooled:
+        raise ValueError("encode_dataset: the dataset is empty")
+    return torch.cat(pooled), (torch.cat(local) if patches else None), grid
+
+
+def image_features(encoder: nn.Module, dataset: ManifestDataset, batch_size: int = 64) -> torch.Tensor:
+    """(N, D) pooled, L2-normalised image features of every study of ``dataset``, in order
+    (:func:`encode_dataset` without the patches)."""
+    return encode_dataset(encoder, dataset, batch_size, patches=False)[0]
 
 
 # --------------------------------------------------------------------------- 3. baselines

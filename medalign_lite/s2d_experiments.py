@@ -57,7 +57,8 @@ trained from scratch (losses, weights and reports agree to float tolerance).
 
 **Frozen features, computed once.** The image encoder is frozen and training uses the
 deterministic eval transform, so its patches are the same at every epoch: with
-``cache_patches`` they are computed once per dataset (:func:`encode_dataset`) and the S2D model
+``cache_patches`` they are computed once per dataset
+(:func:`~medalign_lite.reportgen.encode_dataset`) and the S2D model
 reads them through :class:`PrecomputedPatches` (a wrapper that passes (B, P, D) features
 through and runs the encoder on (B, C, H, W) images). The pooled features of the same pass
 give the nearest-neighbour baseline. With ``standardize`` (ours) SMA_v reads per-channel
@@ -83,13 +84,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .data.dataset import Collate
 from .methods.s2d import AUX_GROUPS, S2D, S2DConfig
 from .models.features import ImageFeatures
 from .models.llm import LLMConfig, load_causal_lm
-from .nn import l2norm
+from .reportgen import (
+    encode_dataset,
+    image_features,
+    majority_report,
+    nearest_neighbour_reports,
+    score_reports,
+)
 from .train import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
@@ -100,7 +107,7 @@ from .train import (
     load_weights,
     save_weights,
 )
-from .utils import quiet_progress
+from .utils import module_device, quiet_progress
 
 __all__ = [
     "PAPER_CE_F1",
@@ -114,7 +121,6 @@ __all__ = [
     "S2DResults",
     "VariantRun",
     "curriculum_stage",
-    "encode_dataset",
     "generate_reports",
     "independent_memory_state",
     "patch_statistics",
@@ -279,29 +285,6 @@ def patch_statistics(patches: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Te
     return flat.mean(0).float(), flat.std(0).clamp_min(eps).float()
 
 
-@torch.no_grad()
-def encode_dataset(encoder: nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "cpu"
-                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """(pooled (N, Dg) L2-normalised, patches (N, P, Dl), grid) of every study of ``dataset``
-    (its ``frontal`` images), in order, on the CPU, from one pass of the frozen ``encoder``
-    in eval mode (its mode is restored)."""
-    was = encoder.training
-    encoder.eval()
-    pooled, patches, grid = [], [], None
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collate())
-        for batch in quiet_progress(loader, desc="image features"):
-            f = encoder(batch.images.to(device))
-            pooled.append(l2norm(f.pooled.float()).cpu())
-            patches.append(f.patches.float().cpu())
-            grid = f.grid
-    finally:
-        encoder.train(was)
-    if not pooled:
-        raise ValueError("encode_dataset: the dataset is empty")
-    return torch.cat(pooled), torch.cat(patches), grid
-
-
 class PatchItems(Dataset):
     """A :class:`~medalign_lite.data.dataset.ManifestDataset`'s studies with precomputed patch
     features in place of the image: item ``i`` is ``{study_id, text, labels, prior_report,
@@ -332,18 +315,13 @@ class PatchItems(Dataset):
 # --------------------------------------------------------------------------- generation
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next((p for p in model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def generate_reports(model: S2D, dataset, indices: Sequence[int] | None = None, batch_size: int = 64,
                      progress: bool | None = None, **overrides) -> list[str]:
     """Reports for ``dataset[i]`` (``i`` in ``indices``, default all), generated from the image
     (or its precomputed patches) only, ``batch_size`` studies per :meth:`S2D.generate` call;
     ``overrides`` go to ``generate`` (``num_beams``, ``max_new_tokens``, ...)."""
     idx = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    dev = _device_of(model)
+    dev = module_device(model)
     out: list[str] = []
     for s in quiet_progress(range(0, len(idx), batch_size), desc="generate", enabled=progress):
         images = torch.stack([dataset[i]["frontal"] for i in idx[s:s + batch_size]]).to(dev)
@@ -606,8 +584,6 @@ class _Context:
 
 
 def _score(ctx: _Context, refs: Sequence[str], hyps: Sequence[str], whole: bool) -> tuple[dict, float]:
-    from .reportgen import score_reports
-
     t = time.perf_counter()
     s = score_reports(list(refs), list(hyps), meteor=bool(ctx.meteor) if ctx.meteor != "full" else whole)
     return s, time.perf_counter() - t
@@ -743,7 +719,6 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
     Returns:
         :class:`S2DResults` (``summary()`` gives the table).
     """
-    from .reportgen import majority_report, nearest_neighbour_reports
     from .utils import resolve_device
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -763,19 +738,16 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
 
     # frozen features: once per dataset
     t0 = time.perf_counter()
-    enc_dev = _device_of(vision_encoder)
     if cache_patches or standardize:
-        tr_pooled, tr_patches, grid = encode_dataset(vision_encoder, train_dataset, device=enc_dev)
+        tr_pooled, tr_patches, grid = encode_dataset(vision_encoder, train_dataset)
         mean, std = patch_statistics(tr_patches) if standardize else (None, None)
         vision: nn.Module = PrecomputedPatches(vision_encoder, grid, mean, std)
     if cache_patches:
-        ev_pooled, ev_patches, _ = encode_dataset(vision_encoder, eval_dataset, device=enc_dev)
+        ev_pooled, ev_patches, _ = encode_dataset(vision_encoder, eval_dataset)
         if standardize:
             tr_patches, ev_patches = (tr_patches - mean) / std, (ev_patches - mean) / std
         train_items, eval_items = PatchItems(train_dataset, tr_patches), PatchItems(eval_dataset, ev_patches)
     else:
-        from .reportgen import image_features
-
         if not standardize:
             tr_pooled, vision = image_features(vision_encoder, train_dataset), vision_encoder
         ev_pooled = image_features(vision_encoder, eval_dataset)

@@ -22,6 +22,12 @@ import torch
 _FALSE = {"", "0", "false", "no", "off"}
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (CPU for a module without parameters)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def env_flag(name: str) -> bool:
     """True when environment variable ``name`` is set to something other than ``""``/0/false/no/off."""
     return os.environ.get(name, "").strip().lower() not in _FALSE

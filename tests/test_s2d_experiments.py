@@ -12,6 +12,7 @@ from PIL import Image
 from medalign_lite.data.dataset import Collate, ManifestDataset
 from medalign_lite.methods.s2d import S2D, S2DConfig
 from medalign_lite.models.llm import LLMConfig, load_causal_lm
+from medalign_lite.reportgen import encode_dataset
 from medalign_lite.s2d_experiments import (
     PAPER_CE_F1,
     PAPER_EPOCHS,
@@ -19,7 +20,6 @@ from medalign_lite.s2d_experiments import (
     VARIANTS,
     PatchItems,
     PrecomputedPatches,
-    encode_dataset,
     generate_reports,
     independent_memory_state,
     run_s2d_variants,
