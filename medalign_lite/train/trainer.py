@@ -1,58 +1,4 @@
-"""Accelerate-based trainer: a run is a list of stages.
-
-A **stage** (:class:`Stage`) names which parameters train (glob patterns over parameter names,
-everything else frozen), for how long, at which learning rate and with which auxiliary inputs.
-Stage *k* starts from the weights stage *k-1* ended with (same model object) and gets a fresh
-AdamW over its own trainable parameters and a fresh linear-warm-up + cosine schedule. This is
-S2D-ALIGN's three-stage curriculum (3e-4 → 1e-4 → 5e-5, each stage adding auxiliary inputs),
-and a single stage is an ordinary run (ALTA: adapters, norms and heads train, backbones stay
-frozen).
-
-The model is any ``nn.Module`` whose ``forward(batch)`` returns a dict with a scalar ``loss``
-and, optionally, named scalar parts (logged next to the loss; anything else in the dict is
-ignored). If it defines ``set_stage(stage)`` the trainer calls it before each stage, with the
-:class:`Stage` (its ``inputs`` dict says what the stage adds). ``set_stage`` must be
-*declarative*: the model's configuration must depend on the stage given, not on the stages
-called before, because a resumed run calls it only for the stage it resumes in.
-
-Files under ``output_dir``::
-
-    config.yaml                 the TrainConfig of the run
-    metrics.jsonl               one JSON row per logged step (and per evaluation), flushed per row
-    checkpoints/step-{N}/       after optimizer step N (every ``save_every`` steps and at the end of
-        model.safetensors       each stage): model weights (all of them, or with
-                                ``save_weights="trained"`` only the parameters some stage so far
-                                trains, plus buffers);
-        optimizer.pt            AdamW state (``torch.save``; read with ``weights_only=True``)
-        scheduler.pt            LR schedule state (idem); scaler.pt with fp16
-        rng_state_{rank}.pt     python / numpy / torch / CUDA generator states of each process
-        trainer_state.json      stage index, epoch, step within epoch and stage, global step,
-                                sampler seed/stage/epoch, the open logging window
-
-**Exact resume.** ``fit(resume=True)`` continues from the newest complete checkpoint, and the
-losses after it are bit-identical to those of a run that never stopped (same machine, seed and
-process count), because nothing random depends on *when* the run started:
-
-- data order: an :class:`EpochSampler` draws each epoch's permutation from
-  ``(seed, stage, epoch)``; the batches of the current epoch already consumed are skipped with
-  ``accelerate``'s ``skip_first_batches`` (at the index level: nothing is loaded);
-- data augmentation: each item is produced under generators seeded from
-  ``(seed, stage, epoch, index)`` and the caller's generator states are restored after, so
-  augmentation is a pure function of the item's position, whatever the worker, the prefetching
-  or the number of processes, and loading never moves the training generators;
-- the DataLoader has its own ``torch.Generator`` (worker seeds are otherwise drawn from the
-  global generator when an iterator is created, which happens at a different moment on resume);
-- dropout and everything else in the forward pass: the global generator states are saved with
-  each checkpoint and restored last when resuming; ``eval_fn`` runs with the generators
-  preserved, so evaluation never shifts training randomness.
-
-**Several processes.** Under ``accelerate launch`` each process sees ``batch_size`` examples per
-micro-batch: the global batch is ``batch_size × num_processes × grad_accum``. The model is
-wrapped (DDP) per stage, after freezing, so a stage's newly trainable parameters are
-synchronised. Under FSDP a model cannot be re-wrapped: ``fit`` runs one stage per launch and
-returns ``done=False``; launching the same command again resumes with the next stage (see
-docs/distributed.md).
-"""
+"""The :class:`Trainer`: stages in order, exact resume, checkpoints and ``metrics.jsonl`` (see the package docstring)."""
 from __future__ import annotations
 
 import fnmatch
@@ -63,344 +9,35 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from .utils import (
+from ..utils import (
     get_rng_state,
     preserved_rng,
     quiet_progress,
     resolve_device,
-    seed_cpu_generators,
     seed_everything,
     set_rng_state,
 )
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    TRAINER_STATE,
+    WEIGHTS,
+    latest_checkpoint,
+    load_weights,
+    save_weights,
+)
+from .sampling import EpochSampler, SeededItems, _mix
+from .stages import Stage, TrainConfig, TrainResult, freeze_for_stage, warmup_cosine
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE = "trainer_state.json"
-WEIGHTS = "model.safetensors"
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class Stage:
-    """One stage of a run.
-
-    Attributes:
-        name: label in logs, progress bars and ``metrics.jsonl``.
-        epochs: passes over the training set.
-        lr: peak learning rate of AdamW.
-        trainable: glob patterns (``fnmatch``; ``*`` also matches dots) over
-            ``model.named_parameters()`` names; matching parameters train, all others are frozen
-            (``requires_grad=False``). A pattern matching nothing is an error (typo guard).
-        weight_decay: AdamW decoupled weight decay, applied to parameters with ≥ 2 dimensions
-            (biases, norms, scales and embeddings-as-vectors are not decayed).
-        betas: AdamW (β1, β2).
-        warmup_ratio: fraction of the stage's steps with linear warm-up, then cosine decay to 0.
-        max_steps: cap on the stage's optimizer steps (the schedule spans the capped length).
-        inputs: stage-specific switches handed to ``model.set_stage(stage)`` (e.g. S2D stage 2:
-            ``{"reference_report": True}``).
-    """
-
-    name: str = "train"
-    epochs: int = 1
-    lr: float = 1e-4
-    trainable: list[str] = field(default_factory=lambda: ["*"])
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.0
-    max_steps: int | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"stage {self.name!r}: epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"stage {self.name!r}: lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"stage {self.name!r}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"stage {self.name!r}: max_steps must be >= 1 or None, got {self.max_steps}")
-        if not self.trainable:
-            raise ValueError(f"stage {self.name!r}: trainable is empty (use ['*'] to train everything)")
-        if self.weight_decay < 0:
-            raise ValueError(f"stage {self.name!r}: weight_decay must be >= 0, got {self.weight_decay}")
-        self.betas = tuple(self.betas)
-        if len(self.betas) != 2:
-            raise ValueError(f"stage {self.name!r}: betas must be two numbers, got {self.betas}")
-
-
-@dataclass
-class TrainConfig:
-    """How to train (what to train is the model's own config).
-
-    Attributes:
-        output_dir: where ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/`` go.
-        batch_size: examples per micro-batch **per process**.
-        grad_accum: micro-batches per optimizer step.
-        max_grad_norm: clip the global gradient norm to this (None: no clipping).
-        precision: ``auto`` (fp32 on CPU; bf16 on a GPU that supports it, else fp16; under
-            ``accelerate launch --mixed_precision X`` the launcher's X), ``fp32``, ``bf16``, ``fp16``.
-        seed: seeds initial generators, data order and augmentation.
-        deterministic: ask torch for deterministic kernels (see ``utils.seed_everything``).
-        log_every: write a ``metrics.jsonl`` row every N optimizer steps (mean over the window).
-        save_every: checkpoint every N optimizer steps (0: only at the end of each stage).
-        eval_every: call ``eval_fn`` every N optimizer steps (0: only at the end of each stage).
-        keep_last: keep only the newest N checkpoints (0: keep all).
-        save_weights: ``all`` (every weight, frozen ones too) or ``trained`` (parameters trained
-            by some stage up to the current one, plus buffers: for a frozen 7B LLM with LoRA).
-        num_workers: DataLoader worker processes.
-        drop_last: drop the last incomplete batch of each epoch.
-        device: ``auto`` (what accelerate picks: the launch's GPU, else CPU), ``cpu``, or
-            ``cuda``/``mps`` (checked to exist, then placed by accelerate as with ``auto``).
-        find_unused_parameters: DDP option, for models whose trainable parameters do not all
-            receive a gradient each step.
-        stages: the run, in order.
-    """
-
-    output_dir: str = "outputs/train"
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
-    deterministic: bool = True
-    log_every: int = 1
-    save_every: int = 0
-    eval_every: int = 0
-    keep_last: int = 0
-    save_weights: Literal["all", "trained"] = "all"
-    num_workers: int = 0
-    drop_last: bool = False
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    find_unused_parameters: bool = False
-    stages: list[Stage] = field(default_factory=lambda: [Stage()])
-
-    def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "eval_every", "keep_last", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.save_weights not in ("all", "trained"):
-            raise ValueError(f"save_weights must be 'all' or 'trained', got {self.save_weights!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
-        if not self.stages:
-            raise ValueError("stages is empty: a run needs at least one Stage")
-        names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique, got {names}")
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns.
-
-    Attributes:
-        history: every ``metrics.jsonl`` row of the run, the rows before a resume included.
-        checkpoint: the newest checkpoint folder (``checkpoints/step-N``).
-        done: False when an FSDP run stopped at a stage boundary (launch again to continue).
-    """
-
-    history: list[dict]
-    checkpoint: Path | None
-    done: bool = True
-
-
-# --------------------------------------------------------------------------- data order
-
-
-def _mix(*values: int) -> int:
-    """A well-spread 63-bit seed from small non-negative ints (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class EpochSampler(Sampler):
-    """Yields keys ``(stage, epoch, index)``: a permutation of ``range(n)`` drawn from ``(seed, stage, epoch)``.
-
-    The permutation depends only on the seed, the stage index and the epoch (set with
-    :meth:`set_epoch`, as ``DistributedSampler``), so any epoch can be replayed, and the keys
-    carry the position that :class:`SeededItems` needs to seed augmentation.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
-        self.stage = 0
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def indices(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator()
-        g.manual_seed(_mix(self.seed, 0, self.stage, self.epoch))
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __iter__(self):
-        s, e = self.stage, self.epoch
-        return iter([(s, e, i) for i in self.indices()])
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class SeededItems(Dataset):
-    """Wraps a map-style dataset: item ``(stage, epoch, i)`` is ``dataset[i]`` drawn under seeded generators.
-
-    ``random``, numpy and torch's CPU generator are seeded from ``(seed, stage, epoch, i)`` for the
-    call and restored after it, so random augmentation of an item is reproducible on its own and
-    loading data never moves the caller's generators.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        if isinstance(dataset, IterableDataset):
-            raise TypeError("the trainer needs a map-style dataset (with __len__ and __getitem__), got an IterableDataset")
-        self.dataset, self.seed = dataset, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        stage, epoch, index = key
-        with preserved_rng(cuda=False):
-            seed_cpu_generators(_mix(self.seed, 1, stage, epoch, index))
-            return self.dataset[index]
-
-
-# --------------------------------------------------------------------------- schedule and freezing
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR factor for optimizer step ``step`` (0-based) of ``total``.
-
-    Linear warm-up ``(step + 1) / (warmup + 1)`` for ``step < warmup`` (no wasted step at lr 0),
-    then ``½(1 + cos(π·(step − warmup)/(total − warmup)))`` (1 at the end of warm-up, > 0 at the
-    last step).
-    """
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def trainable_names(model: nn.Module, patterns: Sequence[str], stage_name: str = "") -> list[str]:
-    """Names of ``model``'s parameters that match any glob pattern; a pattern matching none raises."""
-    names = [n for n, _ in model.named_parameters()]
-    chosen = set()
-    for pat in patterns:
-        hit = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hit:
-            sample = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
-            raise ValueError(f"stage {stage_name!r}: trainable pattern {pat!r} matches no parameter "
-                             f"(names look like: {sample})")
-        chosen.update(hit)
-    return [n for n in names if n in chosen]
-
-
-def freeze_for_stage(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
-    """Set ``requires_grad`` from ``stage.trainable``; return the trainable parameters."""
-    keep = set(trainable_names(model, stage.trainable, stage.name))
-    params = []
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in keep)
-        if n in keep:
-            params.append(p)
-    return params
-
-
-# --------------------------------------------------------------------------- weights on disk
-
-
-def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write a state dict as safetensors; tensors sharing storage (tied weights) are stored once."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for k, v in state_dict.items():
-        v = v.detach()
-        key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype) \
-            if v.numel() else None
-        if key is not None and key in seen:
-            aliases[k] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = k
-        tensors[k] = v.contiguous().cpu()
-    save_file(tensors, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases)})
-
-
-def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read what :func:`save_weights` wrote (aliases restored as shared tensors)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    sd = load_file(str(path), device=str(device))
-    with safe_open(str(path), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    for k, src in aliases.items():
-        sd[k] = sd[src]
-    return sd
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (or None)."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    found = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith(CHECKPOINT_PREFIX) and (d / TRAINER_STATE).is_file():
-            try:
-                found.append((int(d.name[len(CHECKPOINT_PREFIX):]), d))
-            except ValueError:
-                continue
-    return max(found)[1] if found else None
-
-
-def load_checkpoint_weights(model: nn.Module, checkpoint: str | Path, strict: bool | None = None) -> nn.Module:
-    """Load ``checkpoint/model.safetensors`` (or a .safetensors file) into ``model``; return it.
-
-    ``strict`` defaults to True for checkpoints holding all weights and False for
-    ``save_weights="trained"`` ones (frozen weights then come from the model's own init).
-    """
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / WEIGHTS
-    sd = load_weights(path)
-    if strict is None:
-        strict = True
-        state_file = path.parent / TRAINER_STATE
-        if state_file.is_file():
-            strict = json.loads(state_file.read_text()).get("save_weights", "all") == "all"
-    _, unexpected = model.load_state_dict(sd, strict=strict)
-    if unexpected:
-        raise ValueError(f"{path}: weights for unknown parameters {unexpected[:5]}")
-    return model
 
 
 # --------------------------------------------------------------------------- logging window
@@ -680,7 +317,7 @@ class Trainer:
         ``resume=False`` starts over: it deletes ``metrics.jsonl`` and the ``checkpoints/step-*``
         folders of ``output_dir``.
         """
-        from .config import save_config
+        from ..config import save_config
 
         cfg = self.config
         seed_everything(cfg.seed, cfg.deterministic)  # before CUDA starts (CUBLAS_WORKSPACE_CONFIG)
