@@ -61,22 +61,18 @@ Labels are −100 everywhere except the report tokens and ``<eos>``.
   31 % of a real report's tokens repeat an earlier token of the same report (".", "the",
   "no", "is"), and 38 % of reports repeat a word trigram, so the tiny default is no penalty
   (1.0) and no n-gram blocking; ``s2d_full.yaml`` uses R2GenGPT's 2.0 / length penalty 2.0.
-- Generation (``prefill_once``) runs the prompt through the LM once per image, not once per
-  beam, and its beams share the prompt's keys/values (:class:`SharedPromptBeamLayer`): the
-  same tokens as ``generate`` alone, a third of the prompt compute at beam 3, and no copy of
-  the prompt cache at every beam-search step. With ``merge_lora_for_generation`` the LoRA
-  update is folded into copies of the weights while generating (:func:`merged_lora`; the
-  originals are put back untouched). On a CPU the decode steps use transformers' eager
-  attention (``generation_attention``): for a one-token query, SDPA's CPU kernel was ~12 %
-  slower. Together: 5.5 → 10–12.5 reports/s for ``s2d_tiny`` at beam 3 in one process on a
+- Generation is :func:`~medalign_lite.models.generation.generate_from_embeds` on [prefix, C1,
+  suffix] (``prefill_once``: the prompt runs through the LM once per image and its beams share
+  its keys/values; ``merge_lora_for_generation``: LoRA folded into copies of the weights while
+  decoding; ``generation_attention``: eager attention for the decode steps on a CPU, where
+  SDPA's kernel was ~12 % slower for a one-token query); the same tokens as ``generate``
+  alone. Together: 5.5 → 10–12.5 reports/s for ``s2d_tiny`` at beam 3 in one process on a
   2-core CPU, 26 with two one-thread processes (``medalign bench s2d-generate [--processes 2]``,
   46-token reports; ``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -84,8 +80,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from ..models.generation import (  # re-exported: the generation plumbing lived here before
+    SharedPromptBeamLayer,
+    attention_implementation,
+    generate_from_embeds,
+    merged_lora,
+    share_prompt_cache,
+)
 from ..models.llm import LLMConfig, apply_lora
 from ..nn import CrossAttention
 from ..text.phrases import extract_phrases
@@ -248,148 +250,6 @@ class S2DInputs:
     labels: torch.Tensor
     n_soft: torch.Tensor
     target_len: int
-
-
-# --- generation: a KV cache for beams that share a prompt -----------------------------------
-class SharedPromptBeamLayer(DynamicLayer):
-    """One layer's KV cache for beam search whose k beams per image share the image's prompt.
-
-    Keys and values live in one preallocated buffer (N = B·k, heads, capacity, d): the
-    prompt's are written once (repeated per beam), each step writes the new token's in place
-    and attention reads a view of the first L positions. Beam search reorders beams at every
-    step (``reorder_cache(beam_idx)``); beams never move between images and the prompt rows of
-    an image's beams are equal, so only the generated positions are permuted. Per step this
-    moves O(N·t) instead of O(N·(L_prompt + t)) twice (``DynamicLayer`` concatenates and
-    ``index_select``s the whole cache).
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
-        super().__init__()
-        n, h, length, d = keys.shape
-        capacity = max(capacity, length + 1)
-        self.dtype, self.device = keys.dtype, keys.device
-        self._k = keys.new_empty(n, h, capacity, d)
-        self._v = values.new_empty(n, h, capacity, values.shape[-1])
-        self._k[:, :, :length] = keys
-        self._v[:, :, :length] = values
-        self.prompt_len = self.length = length
-        self.is_initialized = True
-        self._views()
-
-    def _views(self) -> None:
-        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        pass  # built initialised
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        if end > self._k.shape[2]:  # grow (not reached when capacity covers max_new_tokens)
-            grow = max(end, 2 * self._k.shape[2]) - self._k.shape[2]
-            self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[3])], 2)
-            self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[3])], 2)
-        self._k[:, :, self.length:end] = key_states
-        self._v[:, :, self.length:end] = value_states
-        self.length = end
-        self._views()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Row r takes row beam_idx[r]'s generated keys/values; on CPU only the rows that
-        change are copied (a beam that continues itself stays where it is)."""
-        lo, hi = self.prompt_len, self.length
-        if hi <= lo:
-            return
-        idx = beam_idx.to(self.device)
-        rows: torch.Tensor | slice = slice(None)
-        if self.device.type == "cpu":  # no device sync to pay for: skip the rows that stay
-            rows = (idx != torch.arange(idx.shape[0], device=idx.device)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                return
-            idx = idx[rows]
-        self._k[rows, :, lo:hi] = self._k[idx, :, lo:hi]
-        self._v[rows, :, lo:hi] = self._v[idx, :, lo:hi]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("SharedPromptBeamLayer is built already repeated for the beams")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("SharedPromptBeamLayer does not select batch rows")
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("SharedPromptBeamLayer is not croppable")
-
-
-def share_prompt_cache(cache, num_beams: int, capacity: int):
-    """Turn the ``DynamicCache`` of a prompt prefilled once per image (B rows) into a cache for
-    ``num_beams`` beams per image (B·k rows) made of :class:`SharedPromptBeamLayer`; ``None``
-    when the cache is of another kind (``generate`` then runs the prompt itself)."""
-    layers = getattr(cache, "layers", None)
-    if type(cache) is not DynamicCache or not layers or any(type(l) is not DynamicLayer for l in layers):
-        return None
-    cache.layers = [SharedPromptBeamLayer(l.keys.repeat_interleave(num_beams, 0),
-                                          l.values.repeat_interleave(num_beams, 0), capacity)
-                    for l in layers]
-    return cache
-
-
-@contextlib.contextmanager
-def attention_implementation(lm: nn.Module, name: str | None) -> Iterator[None]:
-    """The transformers model inside ``lm`` (a peft wrapper or not) uses attention kernel
-    ``name`` (``"eager"``, ``"sdpa"``, ...) for the block, then its own again; ``None`` or a
-    model without ``set_attn_implementation``: no change. The kernels compute the same
-    attention (the tests compare generated tokens)."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    old = getattr(getattr(base, "config", None), "_attn_implementation", None)
-    if name is None or old is None or name == old or not hasattr(base, "set_attn_implementation"):
-        yield
-        return
-    base.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        base.set_attn_implementation(old)
-
-
-@contextlib.contextmanager
-def merged_lora(peft_model: nn.Module) -> Iterator[bool]:
-    """LoRA folded into the base weights for the duration of the block, for faster decoding:
-
-        W = W₀ + (α / r) · B A     (a new tensor; the adapters are switched off meanwhile)
-
-    Each adapted linear layer gets W in place of its weight ``Parameter``; on exit the original
-    ``Parameter`` objects W₀ are put back, untouched (bit for bit, unlike peft's
-    ``merge_adapter`` / ``unmerge_adapter``, which add and subtract in place). Needs one copy
-    of the adapted weights. For inference: the merged path has no LoRA dropout. Yields
-    whether it merged: nothing is done when the adapters are disabled or merged already, or a
-    layer is not a plain ``nn.Linear``.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
-    ok = (layers and hasattr(peft_model, "disable_adapter") and not getattr(peft_model, "_adapters_disabled", False)
-          and all(isinstance(m.get_base_layer(), nn.Linear) and not m.merged and not m.disable_adapters
-                  for m in layers))
-    if not ok:
-        yield False
-        return
-    swapped: list[tuple[nn.Linear, nn.Parameter]] = []
-    try:
-        with torch.no_grad():
-            for m in layers:
-                base = m.get_base_layer()
-                w0 = base.weight
-                delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
-                base.weight = nn.Parameter(w0.detach() + delta.to(w0.dtype), requires_grad=False)
-                swapped.append((base, w0))
-        with peft_model.disable_adapter():
-            yield True
-    finally:
-        for base, w0 in swapped:
-            base.weight = w0
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -606,51 +466,30 @@ class S2D(nn.Module):
         c1 = self.sma_v(self.image_patches(images))
         return torch.cat([prefix, c1.to(prefix.dtype), suffix], 1)
 
-    def _generation_kwargs(self, overrides: dict) -> dict:
+    def generate_ids(self, images: torch.Tensor, prefill_once: bool | None = None, **overrides) -> torch.Tensor:
+        """New token ids (B, ≤ max_new_tokens) for ``images`` (image path only; ``aux`` and
+        any auxiliary input are ignored): :func:`~medalign_lite.models.generation.generate_from_embeds`
+        on :meth:`generation_inputs` with the config's decoding settings. ``overrides`` are
+        ``generate`` keyword arguments (``num_beams``, ``max_new_tokens``, ``min_new_tokens``,
+        ``repetition_penalty``, ...). Runs in eval mode and restores the training mode.
+
+        ``prefill_once`` (default ``config.prefill_once``): the prompt runs through the LM once
+        per image and the image's beams share its keys/values; the tokens are the same. With
+        ``config.merge_lora_for_generation`` the LoRA update is folded into copies of the
+        weights meanwhile; on a CPU the LM decodes with ``config.generation_attention``."""
         c = self.config
         kw = {"num_beams": c.num_beams, "max_new_tokens": c.max_new_tokens, "min_new_tokens": c.min_new_tokens,
               "repetition_penalty": c.repetition_penalty, "length_penalty": c.length_penalty,
-              "no_repeat_ngram_size": c.no_repeat_ngram_size, "do_sample": False, "use_cache": True,
-              "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id}
-        if self.tokenizer.bos_token_id is not None:
-            kw["bos_token_id"] = self.tokenizer.bos_token_id
-        kw.update(overrides)
-        if kw["num_beams"] == 1:
-            kw.pop("length_penalty")  # a beam-search-only setting
-        return kw
-
-    def generate_ids(self, images: torch.Tensor, prefill_once: bool | None = None, **overrides) -> torch.Tensor:
-        """New token ids (B, ≤ max_new_tokens) for ``images`` (image path only; ``aux`` and
-        any auxiliary input are ignored). ``overrides`` are ``generate`` keyword arguments
-        (``num_beams``, ``max_new_tokens``, ``min_new_tokens``, ``repetition_penalty``, ...).
-        Runs in eval mode under ``torch.inference_mode`` and restores the training mode; with
-        ``config.merge_lora_for_generation`` the LoRA update is folded into copies of the
-        weights meanwhile (:func:`merged_lora`).
-
-        ``prefill_once`` (default ``config.prefill_once``): the prompt runs through the LM once
-        per image and its keys/values go into a :class:`SharedPromptBeamLayer` cache, which
-        the beams of that image share (``generate`` alone would run the prompt once per beam
-        and copy the whole cache at every step); the tokens are the same."""
-        kw = self._generation_kwargs(overrides)
-        prefill = self.config.prefill_once if prefill_once is None else prefill_once
-        merge = merged_lora(self.lm) if self.config.merge_lora_for_generation else contextlib.nullcontext()
-        attention = self.config.generation_attention if images.device.type == "cpu" else None
+              "no_repeat_ngram_size": c.no_repeat_ngram_size, **overrides}
         was_training = self.training
         self.eval()
         try:
-            with merge, attention_implementation(self.lm, attention), torch.inference_mode(), warnings.catch_warnings():
-                # the penalty applies to generated tokens only, as we want (the prompt is soft tokens)
-                warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
+            with torch.inference_mode():
                 embeds = self.generation_inputs(images)
-                mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-                if prefill and embeds.shape[1] > 1:
-                    out = self.lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], use_cache=True,
-                                  logits_to_keep=1)
-                    cache = share_prompt_cache(out.past_key_values, kw["num_beams"],
-                                               capacity=embeds.shape[1] + kw["max_new_tokens"])
-                    if cache is not None:
-                        kw["past_key_values"] = cache
-                return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **kw)
+            return generate_from_embeds(
+                self.lm, self.tokenizer, embeds, prefill_once=c.prefill_once if prefill_once is None else prefill_once,
+                attention=c.generation_attention if images.device.type == "cpu" else None,
+                merge_lora=c.merge_lora_for_generation, **kw)
         finally:
             self.train(was_training)
 
