@@ -1,4 +1,4 @@
-"""Small helpers every part of the library shares: seeding, devices, RNG state, progress bars.
+"""Small helpers every part of the library shares: seeding, devices, RNG state, progress bars, atomic files.
 
 - :func:`seed_everything` seeds ``random``, numpy and torch (every device) and, by default,
   asks torch for deterministic kernels.
@@ -6,24 +6,38 @@
 - :func:`get_rng_state` / :func:`set_rng_state` / :func:`preserved_rng` capture, restore and
   isolate the global random number generators (the trainer's exact resume relies on them).
 - :func:`quiet_progress` is tqdm that stays silent under tests, papermill and CI logs.
+- :func:`atomic_path` / :func:`atomic_write` / :func:`atomic_dir` write a file or a folder under
+  a temporary name beside it and rename it into place, so a reader (or a later run) never sees
+  half of one.
+
+A leaf module: it imports nothing from the package, and torch only inside the functions that
+need it, so ``data`` and ``text`` (which never load torch) can use it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import shutil
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Any
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _FALSE = {"", "0", "false", "no", "off"}
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of ``module``'s first parameter (CPU for a module without parameters)."""
+    import torch
+
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -47,6 +61,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
     PyTorch promises identical results only on the same hardware, software and thread count;
     never across CPU and GPU or across releases.
     """
+    import torch
+
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
     random.seed(seed)
@@ -66,6 +82,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Any other value is checked: asking for ``cuda``/``mps`` on a machine without one raises a
     ``ValueError`` that says so, instead of failing later inside a forward pass.
     """
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str) or not device:
@@ -102,6 +120,8 @@ def get_rng_state(cuda: bool = True) -> dict[str, Any]:
     The result holds only tensors, ints, floats, strings, lists and None, so it can be saved
     with ``torch.save`` and read back with ``torch.load(..., weights_only=True)``.
     """
+    import torch
+
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
@@ -120,6 +140,8 @@ def get_rng_state(cuda: bool = True) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`get_rng_state` captured (CUDA only when both sides have it)."""
+    import torch
+
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npst = state["numpy"]
@@ -148,6 +170,8 @@ def preserved_rng(cuda: bool = True) -> Iterator[None]:
 
 def seed_cpu_generators(seed: int) -> None:
     """Seed ``random``, numpy and torch's CPU generator only (CUDA generators are left alone)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.default_generator.manual_seed(seed)
@@ -182,3 +206,95 @@ def quiet_progress(iterable: Iterable | None = None, *, enabled: bool | None = N
     on = progress_enabled() if enabled is None else bool(enabled)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, disable=not on, **kwargs)
+
+
+# --------------------------------------------------------------------------- atomic files
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS shows it (Linux ``/proc``).
+
+    Elsewhere it is read the only portable way, ``os.umask(0)`` then ``os.umask(old)`` at once,
+    under a lock; a file another thread creates in that instant would get mode 0o666.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0)
+        os.umask(old)
+    return old
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; when the block succeeds it becomes ``path``.
+
+    The temporary file, ``.{name}.XXXXXXXX.tmp{ext}`` in ``path``'s folder (created empty by
+    :func:`tempfile.mkstemp`, so unique per process and thread), keeps ``path``'s extension for
+    writers that pick the format from it (PIL, pandas). On success it gets the mode a plain
+    ``open(path, "w")`` would give (``0o666 & ~umask``; mkstemp makes 0600 files) and
+    :func:`os.replace` puts it in place atomically: readers see the old file or the new one,
+    never half of one. When the block raises, the temporary file is removed and ``path`` is
+    left as it was. Missing parent folders are created.
+
+    >>> with atomic_path(folder / "table.csv") as tmp:  # doctest: +SKIP
+    ...     df.to_csv(tmp, index=False)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` a temporary file, then rename it onto ``path`` (see :func:`atomic_path`); return ``path``.
+
+    >>> atomic_write(folder / "info.json", lambda p: p.write_text("{}"))  # doctest: +SKIP
+    """
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    For caches that several processes may fill at once. The folder, ``.{name}.XXXXXXXX.tmp``
+    (:func:`tempfile.mkdtemp`, unique per process), gets the mode :func:`os.mkdir` would give
+    (``0o777 & ~umask``; mkdtemp makes 0700 folders) and is moved onto ``path`` with
+    :func:`os.replace`. If a folder ``path`` appeared meanwhile (another process finished the
+    same entry first), theirs is kept and ours discarded. When the block raises, the temporary
+    folder is removed. Check for a complete ``path`` before calling: the block always runs.
+
+    >>> with atomic_dir(cache / "entry") as tmp:  # doctest: +SKIP
+    ...     model.save_pretrained(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            os.replace(tmp, path)  # fails when a non-empty folder is already there
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,8 +1,12 @@
-"""Seeding, devices, RNG state capture and restore, quiet progress bars."""
+"""Seeding, devices, RNG state capture and restore, quiet progress bars, atomic files."""
 from __future__ import annotations
 
 import io
+import os
 import random
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +14,9 @@ import torch
 
 from medalign_lite import utils
 from medalign_lite.utils import (
+    atomic_dir,
+    atomic_path,
+    atomic_write,
     env_flag,
     get_rng_state,
     preserved_rng,
@@ -141,3 +148,112 @@ def test_env_flag(monkeypatch):
     assert not env_flag("MEDALIGN_X")
     monkeypatch.delenv("MEDALIGN_X")
     assert not env_flag("MEDALIGN_X")
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test: ``umask(0o022)``; the old one is put back after."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_path_renames_on_success(tmp_path, umask):
+    umask(0o022)
+    target = tmp_path / "sub" / "table.csv"  # missing folders are made
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".table.csv.") and tmp.suffix == ".csv"
+        assert tmp.exists() and not target.exists()  # an empty file, unique per process
+        tmp.write_text("a,b\n")
+    assert target.read_text() == "a,b\n" and not tmp.exists()
+    assert [p.name for p in target.parent.iterdir()] == ["table.csv"]
+    assert mode(target) == 0o644  # not mkstemp's 0600
+    with atomic_path(target) as tmp:  # replaces an existing file
+        tmp.write_text("c\n")
+    assert target.read_text() == "c\n"
+
+
+def test_atomic_path_failure_leaves_no_temp_and_no_target(tmp_path):
+    target = tmp_path / "manifest.csv"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half a manifest")
+        raise RuntimeError("build failed midway")
+    assert list(tmp_path.iterdir()) == []
+    target.write_text("previous\n")
+    with pytest.raises(OSError), atomic_path(target) as tmp:
+        raise OSError("disk full")
+    assert target.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["manifest.csv"]
+
+
+def test_atomic_temp_names_are_unique(tmp_path):
+    target = tmp_path / "x.png"
+    with atomic_path(target) as a, atomic_path(target) as b:
+        assert a != b
+        a.write_text("a")
+        b.write_text("b")
+    assert target.read_text() == "a"  # the last to finish wins
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750),
+                                                       (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_atomic_modes_follow_the_umask(tmp_path, umask, monkeypatch, mask, file_mode, dir_mode):
+    umask(mask)
+    assert atomic_write(tmp_path / "f.json", lambda p: p.write_text("{}")) == tmp_path / "f.json"
+    assert mode(tmp_path / "f.json") == file_mode
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("x")
+    assert mode(tmp_path / "d") == dir_mode
+    assert os.umask(mask) == mask  # reading it did not change it
+
+    def no_proc(*a, **k):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(utils, "open", no_proc, raising=False)  # the portable way: umask(0), umask(old)
+    atomic_write(tmp_path / "g.json", lambda p: p.write_text("{}"))
+    assert mode(tmp_path / "g.json") == file_mode and os.umask(mask) == mask
+
+
+def test_atomic_dir_renames_on_success_and_cleans_up_on_failure(tmp_path):
+    target = tmp_path / "cache" / "entry"
+    with atomic_dir(target) as tmp:
+        assert tmp.is_dir() and tmp.parent == target.parent and tmp.name.startswith(".entry.")
+        (tmp / "model.safetensors").write_text("weights")
+        assert not target.exists()
+    assert (target / "model.safetensors").read_text() == "weights"
+    assert [p.name for p in target.parent.iterdir()] == ["entry"]
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "cache" / "other") as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed midway")
+    assert [p.name for p in target.parent.iterdir()] == ["entry"]
+
+
+def test_atomic_dir_keeps_a_folder_another_process_finished_first(tmp_path):
+    target = tmp_path / "tokenizer"
+    with atomic_dir(target) as tmp:
+        (tmp / "tokenizer.json").write_text("ours")
+        target.mkdir()  # meanwhile another process renamed its complete folder into place
+        (target / "tokenizer.json").write_text("theirs")
+    assert (target / "tokenizer.json").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer"]  # ours is gone
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError), atomic_dir(tmp_path / "file") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "file").read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tokenizer"]
+
+
+def test_utils_data_and_text_import_without_torch():
+    """utils imports torch inside the functions that need it: data and text stay torch-free."""
+    code = ("import sys, medalign_lite.utils, medalign_lite.data.manifest, medalign_lite.text.labeler, "
+            "medalign_lite.data.builders.common, medalign_lite.data.builders.realdata; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

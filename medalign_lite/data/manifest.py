@@ -30,15 +30,13 @@ renames it, so a failed build never leaves half a manifest.
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
+from ..utils import atomic_path
 from .findings import CHEXPERT_LABELS
 
 IMAGE_COLUMNS: tuple[str, ...] = ("frontal", "lateral", "prior_frontal", "prior_lateral")
@@ -211,21 +209,6 @@ def format_labels(labels: dict[str, float | int | None]) -> dict[str, str]:
         v = labels.get(c)
         out[c] = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(int(v))
     return out
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike, validate: bool = True) -> Path:

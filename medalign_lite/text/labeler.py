@@ -100,7 +100,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.findings import CHEXPERT_LABELS
-from ..data.manifest import atomic_path
+from ..utils import atomic_path
 
 __all__ = [
     "CHEXPERT_LEXICON",

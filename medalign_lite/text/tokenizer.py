@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
+
+from ..utils import atomic_dir
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -120,17 +120,8 @@ def report_tokenizer(cache_dir: str | os.PathLike | None = None, vocab_size: int
     if (folder / "tokenizer.json").is_file():
         return load_word_tokenizer(folder)
     tok = train_word_tokenizer(corpus, vocab_size=vocab_size, min_frequency=min_frequency)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=root))
-    try:
+    with atomic_dir(folder) as tmp:  # if another process got there first, theirs is kept
         save_word_tokenizer(tok, tmp)
-        try:
-            os.replace(tmp, folder)  # atomic; fails if another process got there first
-        except OSError:
-            if not (folder / "tokenizer.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return load_word_tokenizer(folder)
 
 

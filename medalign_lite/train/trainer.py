@@ -194,6 +194,9 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         root = Path(cfg.output_dir) / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{pos.global_step}"
+        # Not utils.atomic_dir: every process writes its part into this folder (so its name is fixed,
+        # not random), a step saved again replaces the old folder, and a killed run's leftover is
+        # cleared by name when the resumed run saves that step again.
         tmp = root / f".tmp-{CHECKPOINT_PREFIX}{pos.global_step}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

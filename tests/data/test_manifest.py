@@ -7,8 +7,15 @@ import sys
 import pandas as pd
 import pytest
 
-from medalign_lite.data.manifest import (MANIFEST_COLUMNS, ManifestError, atomic_path, load_manifest,
-                                         split_patients, validate_manifest, write_manifest)
+from medalign_lite.data.manifest import (
+    MANIFEST_COLUMNS,
+    ManifestError,
+    load_manifest,
+    split_patients,
+    validate_manifest,
+    write_manifest,
+)
+from medalign_lite.utils import atomic_path
 
 
 def test_valid_manifest_has_no_problem(tiny_manifest):
@@ -79,10 +86,9 @@ def test_write_is_atomic(tiny_manifest):
     with pytest.raises(ManifestError):
         write_manifest(bad, target)
     assert not target.exists()
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half a manifest")
-            raise RuntimeError("build failed midway")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half a manifest")
+        raise RuntimeError("build failed midway")
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 
@@ -100,11 +106,11 @@ def test_cli_validate_exit_codes(tiny_manifest):
     df.loc[3, "view"] = "XYZ"
     df.to_csv(root / "bad.csv", index=False)
     r = subprocess.run([sys.executable, "-m", "medalign_lite.cli", "data", "validate", str(root / "bad.csv")],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     assert r.returncode == 1
     assert "row 4, column 'view'" in r.stderr
     df.loc[3, "view"] = "PA"
     df.to_csv(root / "good.csv", index=False)
     r = subprocess.run([sys.executable, "-m", "medalign_lite.cli", "data", "validate", str(root / "good.csv")],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

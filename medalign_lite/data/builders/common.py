@@ -8,15 +8,16 @@ same (builder version, seed, size) finds every file and renders nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ...utils import atomic_path
 from ..findings import Finding
 from ..masks import MAX_MASKS, save_masks
 
@@ -52,15 +53,13 @@ def _run_job(job: RenderJob) -> None:
     out = render(job.seed, job.findings, view=job.view, size=job.size, acquisition=job.acquisition)
     _save_png(job.path, to_uint8(out.image))
     if job.mask_path is not None:
-        tmp = job.mask_path + ".tmp.png"
-        save_masks(tmp, out.masks[:MAX_MASKS])
-        os.replace(tmp, job.mask_path)
+        with atomic_path(job.mask_path) as tmp:
+            save_masks(tmp, out.masks[:MAX_MASKS])
 
 
 def _save_png(path: str, array: np.ndarray) -> None:
-    tmp = path + ".tmp.png"  # a killed build never leaves a truncated image under the real name
-    Image.fromarray(array).save(tmp, compress_level=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a killed build never leaves a truncated image under the real name
+        Image.fromarray(array).save(tmp, compress_level=1)
 
 
 def _run_chunk(jobs: Sequence[RenderJob]) -> int:

@@ -26,6 +26,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ...utils import atomic_path, atomic_write
+
 
 class LayoutError(FileNotFoundError):
     """A dataset root or one of its required files is missing."""
@@ -103,14 +105,8 @@ def save_resized(src: str | os.PathLike, dst: str | os.PathLike, size: int) -> N
     if scale < 1:
         img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC,
                          reducing_gap=2.0)
-    dst = str(dst)
-    tmp = f"{dst}.{os.getpid()}.tmp.png"
-    try:
+    with atomic_path(dst) as tmp:
         img.save(tmp, compress_level=1)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def image_refs(root: str | os.PathLike, subpaths: Sequence[str], keys: Sequence[str],
@@ -162,8 +158,5 @@ def file_names(folder: str | os.PathLike) -> set[str]:
 
 def write_build_info(out_dir: str | os.PathLike, info: dict) -> Path:
     """Write ``OUT/build_info.json`` (atomically) and return its path."""
-    path = Path(out_dir) / "build_info.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(info, indent=2, default=str) + "\n"
+    return atomic_write(Path(out_dir) / "build_info.json", lambda tmp: tmp.write_text(text))
