@@ -31,6 +31,11 @@ mechanisms around it, none of which changes a generated token (the tests compare
 
 Decoding settings (:func:`generation_kwargs`): deterministic beam search (``do_sample=False``)
 with the cache on, the tokenizer's pad / eos / bos ids, and ``length_penalty`` only for beams.
+
+The KV cache is a ``Cache`` object named ``cache`` in recent transformers 5 releases (5.25 here),
+as an argument of ``forward`` / ``generate`` and as a field of the model output;
+``past_key_values`` is deprecated there (``FutureWarning``s, to be removed in 5.40 for
+``forward``, 6.0 for ``generate``). :data:`CACHE_KEY` is the name the installed version uses.
 """
 from __future__ import annotations
 
@@ -42,6 +47,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+#: The KV cache's name in ``forward`` / ``generate`` arguments and model outputs: ``"cache"`` where
+#: the output dataclasses have that field (``past_key_values`` is deprecated there), else the old name.
+CACHE_KEY = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
 # --- 1. a KV cache for beams that share a prompt ----------------------------------------------
@@ -237,23 +247,26 @@ def generate_from_embeds(lm: nn.Module, tokenizer: Any, inputs_embeds: torch.Ten
     lm.eval()
     try:
         with merge, attention_implementation(lm, attention), torch.inference_mode(), warnings.catch_warnings():
-            # a soft prompt has no token ids: the penalty applies to generated tokens only, as wanted
-            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
+            # a soft prompt has no token ids: the repetition penalty and the n-gram block apply to
+            # generated tokens only, as wanted (transformers warns that they skip the prompt)
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds.*", category=UserWarning)
             if prefill_once and kw["use_cache"] and inputs_embeds.shape[1] > 1:
                 mask = attention_mask[:, :-1]
                 positions = (mask.long().cumsum(1) - 1).masked_fill(mask == 0, 0)  # as generate's
                 out = lm(inputs_embeds=inputs_embeds[:, :-1], attention_mask=mask, position_ids=positions,
                          use_cache=True, logits_to_keep=1)
-                cache = share_prompt_cache(out.past_key_values, num_beams,
+                cache = share_prompt_cache(getattr(out, CACHE_KEY, None), num_beams,
                                            capacity=inputs_embeds.shape[1] + max_new_tokens)
                 if cache is not None:
-                    kw["past_key_values"] = cache
+                    kw[CACHE_KEY] = cache
             return lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kw)
     finally:
         lm.train(was_training)
 
 
 __all__ = [
+    "CACHE_KEY",
     "SharedPromptBeamLayer",
     "attention_implementation",
     "generate_from_embeds",

@@ -187,7 +187,9 @@ def apply_lora(model: nn.Module, cfg: LLMConfig | None = None):
                          f"(available: {sorted(names)})")
     lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets), bias="none")
-    with warnings.catch_warnings():  # peft 0.21 still reads the deprecated is_gradient_checkpointing
+    with warnings.catch_warnings():
+        # peft (0.21) PeftModel.__init__ reads model.is_gradient_checkpointing, a FutureWarning in
+        # transformers 5 (renamed is_activation_checkpointing), for every model: no call of ours avoids it
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, lora)
 

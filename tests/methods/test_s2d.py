@@ -239,6 +239,45 @@ def test_generation_ignores_auxiliary_inputs_and_stage(tok_dir):
     assert seen == ["eager", loaded] and base.config._attn_implementation == loaded
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_building_training_and_generating_warn_nothing(tok_dir, checkpointing):
+    """No warning of any category (every one would be an error), and no deprecation message
+    through transformers' logger: the KV cache is passed and read as ``cache``, not the
+    deprecated ``past_key_values``. (Filtered, at their source: peft's read of the deprecated
+    ``is_gradient_checkpointing`` in ``apply_lora``, and generate's notes that a repetition
+    penalty / n-gram block skips an ``inputs_embeds`` prompt.)"""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    hf_logging.warning_once.cache_clear()  # messages already shown once in this process show again
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            m = build_s2d("s2d_tiny", [f"llm.tokenizer={tok_dir}", "llm.hidden_size=32", "llm.num_layers=2",
+                                       "llm.intermediate_size=64", "model.memory_size=4", "model.memory_dim=16",
+                                       "model.max_new_tokens=4", f"llm.gradient_checkpointing={checkpointing}"],
+                          vision_encoder=FakeImageEncoder())
+            m.set_stage(Stage(name="s3", inputs={"aux": list(ALL_AUX)}))
+            opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+            m.train()
+            m(make_batch())["loss"].backward()
+            opt.step()
+            images = make_batch(n=2).images
+            for kw in ({}, {"prefill_once": False}, {"num_beams": 1},
+                       {"repetition_penalty": 2.0, "length_penalty": 2.0, "no_repeat_ngram_size": 2}):
+                assert len(m.generate(images, **kw)) == 2
+    finally:
+        hf_logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+
+
 def test_memory_attention_over_the_patch_grid(tok_dir):
     m = make_model(tok_dir)
     a = m.memory_attention(make_batch(n=2).images)

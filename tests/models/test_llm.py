@@ -125,6 +125,31 @@ def test_small_local_checkpoints_load_without_a_progress_bar(tok_dir, tmp_path, 
     assert states == [False, True] and hf_logging.is_progress_bar_enabled()
 
 
+def test_loading_a_small_saved_model_from_a_folder_draws_no_bar(tok_dir, tmp_path, monkeypatch):
+    """End to end: the bars transformers would draw (whatever TQDM_DISABLE says) are recorded."""
+    from transformers.utils import logging as hf_logging
+
+    from medalign_lite.models import llm as llm_module
+
+    model, tok = load_causal_lm(LLMConfig(tokenizer=tok_dir, **SMALL))
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(str(tmp_path / "lm"))
+    bars = []
+
+    def record(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return hf_logging.EmptyTqdm(*args, **kwargs)
+
+    monkeypatch.setattr(hf_logging.tqdm_lib, "tqdm", record)
+    hf_logging.enable_progress_bar()
+    load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
+    assert bars == []
+    original = llm_module._quiet_loading
+    monkeypatch.setattr(llm_module, "_quiet_loading", lambda s: original(s, small_bytes=1))  # "big"
+    load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
+    assert "Loading weights" in bars
+
+
 def test_missing_model_error_line():
     with pytest.raises(ModelNotAvailable) as err:
         load_causal_lm(LLMConfig(name="medalign-test-org/vicuna-does-not-exist"))
