@@ -30,26 +30,12 @@ Choices where the sources leave room (documented here, used everywhere):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-"""The 14 CheXpert observations, in the order of CheXpert's ``train.csv``."""
+# The 14 CheXpert observations (train.csv order) live in text/observations.py: the labeler needs
+# them and text never imports data. Importing them from here, as the package does, keeps working.
+from ..text.observations import CHEXPERT_LABELS
 
 SIDES: tuple[str, ...] = ("left", "right", "bilateral")
 ZONES: tuple[str, ...] = (
@@ -197,7 +183,7 @@ class Finding:
         """Stable identity used to seed placement: kind, side, zone and instance."""
         return f"{self.kind}|{self.side}|{self.zone}|{self.instance}"
 
-    def with_severity(self, severity: str) -> "Finding":
+    def with_severity(self, severity: str) -> Finding:
         return replace(self, severity=severity)
 
     def to_dict(self) -> dict:
@@ -205,7 +191,7 @@ class Finding:
                 "variant": self.variant, "instance": self.instance}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Finding":
+    def from_dict(cls, d: dict) -> Finding:
         return cls(**{k: d[k] for k in ("kind", "side", "zone", "severity", "variant", "instance") if k in d})
 
 

@@ -27,6 +27,9 @@ Choices:
   with ``source="tsne"``, the t-SNE-derived view where torchxrayvision has one (``L`` →
   ``LATERAL``; ``PA`` keeps a DICOM ``AP``), the DICOM view elsewhere.
   :func:`load_iu_reports` reports the DICOM views (``image_views``).
+* :func:`report_corpus` (findings + impression of every report) is what the tiny language
+  models' word tokenizer is trained on; :func:`report_tokenizer` trains it once and caches
+  only the derived vocabulary, in the user's cache.
 """
 from __future__ import annotations
 
@@ -36,8 +39,14 @@ import tarfile
 import xml.etree.ElementTree as ET
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import os
+
+    from transformers import PreTrainedTokenizerFast
 
 REPORTS_ARCHIVE = "NLMCXR_reports.tgz"
 DICOM_METADATA = "nlmcxr_dicom_metadata.csv.gz"
@@ -161,3 +170,25 @@ def load_iu_reports() -> pd.DataFrame:
     for c in ("mesh", "image_ids", "image_views"):
         df[c] = df[c].map(list)  # callers may mutate their lists without touching the cache
     return df
+
+
+def report_corpus() -> list[str]:
+    """The IU X-Ray report texts (findings + impression, non-empty), in ``report_id`` order."""
+    df = load_iu_reports()
+    texts = (df["findings"].fillna("").str.strip() + " " + df["impression"].fillna("").str.strip()).str.strip()
+    return [t for t in texts.tolist() if t]
+
+
+def report_tokenizer(cache_dir: str | os.PathLike | None = None, vocab_size: int = 2000,
+                     min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """The word tokenizer of :func:`report_corpus`, trained once and cached on disk.
+
+    The cache folder is ``{cache_dir}/iu_words_v{vocab_size}_f{min_frequency}_{corpus hash}``
+    (``cache_dir`` defaults to ``~/.cache/medalign_lite/tokenizers``, or ``$MEDALIGN_CACHE``);
+    see :func:`medalign_lite.text.tokenizer.cached_word_tokenizer`. The report text is CC
+    BY-NC-ND: only the derived vocabulary is stored, in the user's cache.
+    """
+    from ..text.tokenizer import cached_word_tokenizer  # imports transformers
+
+    return cached_word_tokenizer(report_corpus(), "iu_words", cache_dir, vocab_size=vocab_size,
+                                 min_frequency=min_frequency)

@@ -26,6 +26,10 @@ templates, kind-specific sentences, severity scale, report section, impression p
 :data:`SEVERITY_WORDS`, :data:`REPORT_SECTIONS` and :data:`NORMALS` (normal statements with
 the kinds that would make them false).
 
+:func:`finding_phrase` says which key phrase (``(observation, status, anatomy)``, see
+:mod:`medalign_lite.text.phrases`) the canonical wording of a finding names: ground truth
+for the phrase extractor and key phrases for phantom data.
+
 Template mini-language (sentences): ``[...]`` marks the span; ``@`` is the indefinite
 article of the next word when the noun phrase takes one ("a", "an" or nothing); ``{be}``,
 ``{has}``, ``{the}`` agree with the noun phrase (``{the}`` is "the " for count nouns and
@@ -55,14 +59,28 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from .findings import Finding
 
+if TYPE_CHECKING:
+    from ..text.phrases import KeyPhrase
+
 __all__ = [
-    "STYLES", "CHANGES", "Span", "WrittenReport", "write_report", "describe",
-    "KIND_TEXT", "LOCATIONS", "SEVERITY_WORDS", "REPORT_SECTIONS", "NORMALS",
+    "CHANGES",
+    "KIND_TEXT",
+    "LOCATIONS",
+    "NORMALS",
+    "REPORT_SECTIONS",
+    "SEVERITY_WORDS",
+    "STYLES",
+    "Span",
+    "WrittenReport",
+    "describe",
+    "finding_phrase",
+    "write_report",
 ]
 
 STYLES: tuple[str, ...] = ("free", "structured")
@@ -895,3 +913,73 @@ def write_report(findings: Sequence[Finding], style: str = "free", seed: int = 0
     spans = [Span(i, "findings", a, b) for i, a, b in body.spans]
     spans += [Span(i, "impression", a, b) for i, a, b in impression.spans]
     return WrittenReport(body.text, impression.text, spans, style)
+
+
+# ---------------------------------------------------------------------------------------
+# The key phrase of a finding's canonical wording (ground truth for text.phrases)
+# ---------------------------------------------------------------------------------------
+
+#: Finding kind -> (observation, anatomy rule): "zone" = side + zone, "side" = side only,
+#: a fixed string, or None (no anatomy).
+_KIND_PHRASE: dict[str, tuple[str, str | None]] = {
+    "consolidation": ("consolidation", "zone"), "airspace_opacity": ("opacity", "zone"),
+    "pneumonia": ("pneumonia", "zone"), "atelectasis": ("atelectasis", "zone"), "edema": ("edema", None),
+    "vascular_congestion": ("vascular congestion", None), "interstitial_markings": ("interstitial markings", "zone"),
+    "scarring": ("scarring", "zone"), "nodule": ("nodule", "zone"), "mass": ("mass", "zone"),
+    "granuloma": ("granuloma", "zone"), "hypoinflation": ("low lung volumes", None),
+    "pleural_effusion": ("pleural effusion", "side"), "pneumothorax": ("pneumothorax", "side"),
+    "pleural_thickening": ("pleural thickening", "zone"), "cardiomegaly": ("cardiomegaly", None),
+    "enlarged_cardiomediastinum": ("widened mediastinum", None), "tortuous_aorta": ("tortuous aorta", None),
+    "aortic_calcification": ("calcification", "aorta"), "calcified_lymph_node": ("calcified lymph nodes", "zone"),
+    "hiatal_hernia": ("hiatal hernia", None), "elevated_hemidiaphragm": ("elevation", "hemidiaphragm"),
+    "rib_fracture": ("fracture", "rib"), "degenerative_spine": ("degenerative changes", "spine"),
+    "scoliosis": ("scoliosis", None), "central_line": ("catheter", "side"),
+    "endotracheal_tube": ("endotracheal tube", None), "pacemaker": ("pacemaker", "chest wall"),
+    "sternotomy_wires": ("sternotomy wires", None),
+}
+#: (zone, side) -> canonical anatomy of the writer's canonical location words, where it is
+#: not simply "{side} {zone}" (see :data:`LOCATIONS`).
+_ZONE_ANATOMY: dict[tuple[str, str | None], str | None] = {
+    ("middle", "right"): "right middle lobe", ("middle", "left"): "left midlung",
+    ("middle", "bilateral"): "bilateral midlung", ("retrocardiac", "left"): "retrocardiac",
+    ("retrocardiac", "right"): "right paracardiac", ("retrocardiac", "bilateral"): "bilateral paracardiac",
+    ("lingula", "left"): "lingula", ("lingula", "right"): "right middle lobe",
+    ("lingula", "bilateral"): "bilateral midlung",
+}
+_ZONE_NOUN = {"lower": "lower lobe", "upper": "upper lobe", "base": "base", "apex": "apex",
+              "perihilar": "perihilar", "hilar": "hilum", "mediastinal": "paratracheal"}
+
+
+def finding_phrase(finding: Finding) -> KeyPhrase:
+    """The key phrase :func:`~medalign_lite.text.phrases.extract_phrases` should give for the
+    writer's canonical (structured-style) wording of ``finding``; status "present".
+
+    >>> finding_phrase(Finding("consolidation", "left", "lower")).text()
+    'left lower lobe consolidation'
+    >>> finding_phrase(Finding("atelectasis", "bilateral", "base")).text()
+    'bilateral base atelectasis'
+    """
+    from ..text.phrases import (
+        KeyPhrase,  # not at the top: it compiles the labeler's lexicons
+    )
+
+    observation, rule = _KIND_PHRASE.get(finding.kind, (finding.kind.replace("_", " "), None))
+    if finding.kind == "hyperinflation":
+        observation = "emphysema" if finding.variant == "emphysema" else "hyperinflation"
+    side, zone = finding.side, finding.zone
+    if rule is None:
+        anatomy = None
+    elif rule == "side":
+        anatomy = side
+    elif rule == "zone":
+        if (zone, side) in _ZONE_ANATOMY:
+            anatomy = _ZONE_ANATOMY[(zone, side)]
+        elif zone in _ZONE_NOUN:
+            anatomy = f"{side} {_ZONE_NOUN[zone]}" if side else _ZONE_NOUN[zone]
+        else:  # diffuse, chest wall, costophrenic ...: the side alone
+            anatomy = side
+    elif rule in ("hemidiaphragm", "rib", "chest wall"):
+        anatomy = f"{side} {rule}"
+    else:
+        anatomy = rule
+    return KeyPhrase(observation, "present", anatomy)

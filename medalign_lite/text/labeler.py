@@ -60,8 +60,8 @@ three stages:
    blank (never 0). A report with no text at all is all blank (chexpert-labeler would
    call an empty impression "No Finding"; we do not).
 
-Choices that differ from chexpert-labeler (the project's conventions, see
-:mod:`medalign_lite.data.findings`): vascular / pulmonary congestion is a *positive*
+Choices that differ from chexpert-labeler (the project's conventions, documented with the
+finding vocabulary in ``data/findings.py``): vascular / pulmonary congestion is a *positive*
 Edema mention (chexpert: uncertain); granulomas and granulomatous disease are Lung Lesion;
 scarring and interstitial markings name no observation (chexpert: Lung Opacity), but
 pleural and pleuro-parenchymal scarring are Pleural Other (as chexpert); median sternotomy
@@ -99,8 +99,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..data.findings import CHEXPERT_LABELS
 from ..utils import atomic_path
+from .observations import CHEXPERT_LABELS
 
 __all__ = [
     "CHEXPERT_LEXICON",

@@ -38,10 +38,10 @@ Pipeline for one report:
    widened mediastinum, tortuous aorta, hiatal hernia, scoliosis, low lung volumes,
    hyperinflation) take no anatomy.
 
-A report's phrases are de-duplicated, first occurrence kept, in text order.
-:func:`finding_phrase` gives the phrase the report writer's canonical (structured)
-wording of a phantom :class:`~medalign_lite.data.findings.Finding` should yield: ground
-truth for tests and key phrases for phantom data.
+A report's phrases are de-duplicated, first occurrence kept, in text order. The phrase the
+report writer's canonical wording of a phantom finding should yield (ground truth for tests
+and key phrases for phantom data) is the writer's to say: ``finding_phrase`` in
+``data/reports.py`` (text never imports data).
 
 >>> [p.text() for p in extract_phrases("Small left pleural effusion. No pneumothorax.")]
 ['left pleural effusion', 'no pneumothorax']
@@ -54,7 +54,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..data.findings import Finding
 from .labeler import (
     NEGATIVE,
     POSITIVE,
@@ -74,7 +73,6 @@ __all__ = [
     "KeyPhrase",
     "extract_phrases",
     "find_anatomy",
-    "finding_phrase",
     "phrase_f1",
 ]
 
@@ -370,69 +368,3 @@ def phrase_f1(refs: Sequence[str], hyps: Sequence[str], anatomy: bool = True) ->
     recall = tp / n_ref if n_ref else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "n_ref": n_ref, "n_hyp": n_hyp}
-
-
-# ---------------------------------------------------------------------------------------
-# Phantom findings -> the key phrase their canonical wording yields
-# ---------------------------------------------------------------------------------------
-
-#: Finding kind -> (observation, anatomy rule): "zone" = side + zone, "side" = side only,
-#: a fixed string, or None (no anatomy).
-_KIND_PHRASE: dict[str, tuple[str, str | None]] = {
-    "consolidation": ("consolidation", "zone"), "airspace_opacity": ("opacity", "zone"),
-    "pneumonia": ("pneumonia", "zone"), "atelectasis": ("atelectasis", "zone"), "edema": ("edema", None),
-    "vascular_congestion": ("vascular congestion", None), "interstitial_markings": ("interstitial markings", "zone"),
-    "scarring": ("scarring", "zone"), "nodule": ("nodule", "zone"), "mass": ("mass", "zone"),
-    "granuloma": ("granuloma", "zone"), "hypoinflation": ("low lung volumes", None),
-    "pleural_effusion": ("pleural effusion", "side"), "pneumothorax": ("pneumothorax", "side"),
-    "pleural_thickening": ("pleural thickening", "zone"), "cardiomegaly": ("cardiomegaly", None),
-    "enlarged_cardiomediastinum": ("widened mediastinum", None), "tortuous_aorta": ("tortuous aorta", None),
-    "aortic_calcification": ("calcification", "aorta"), "calcified_lymph_node": ("calcified lymph nodes", "zone"),
-    "hiatal_hernia": ("hiatal hernia", None), "elevated_hemidiaphragm": ("elevation", "hemidiaphragm"),
-    "rib_fracture": ("fracture", "rib"), "degenerative_spine": ("degenerative changes", "spine"),
-    "scoliosis": ("scoliosis", None), "central_line": ("catheter", "side"),
-    "endotracheal_tube": ("endotracheal tube", None), "pacemaker": ("pacemaker", "chest wall"),
-    "sternotomy_wires": ("sternotomy wires", None),
-}
-#: (zone, side) -> canonical anatomy of the writer's canonical location words, where it is
-#: not simply "{side} {zone}" (see medalign_lite.data.reports.LOCATIONS).
-_ZONE_ANATOMY: dict[tuple[str, str | None], str | None] = {
-    ("middle", "right"): "right middle lobe", ("middle", "left"): "left midlung",
-    ("middle", "bilateral"): "bilateral midlung", ("retrocardiac", "left"): "retrocardiac",
-    ("retrocardiac", "right"): "right paracardiac", ("retrocardiac", "bilateral"): "bilateral paracardiac",
-    ("lingula", "left"): "lingula", ("lingula", "right"): "right middle lobe",
-    ("lingula", "bilateral"): "bilateral midlung",
-}
-_ZONE_NOUN = {"lower": "lower lobe", "upper": "upper lobe", "base": "base", "apex": "apex",
-              "perihilar": "perihilar", "hilar": "hilum", "mediastinal": "paratracheal"}
-
-
-def finding_phrase(finding: Finding) -> KeyPhrase:
-    """The key phrase :func:`extract_phrases` should give for the report writer's canonical
-    (structured-style) wording of ``finding``; status "present".
-
-    >>> finding_phrase(Finding("consolidation", "left", "lower")).text()
-    'left lower lobe consolidation'
-    >>> finding_phrase(Finding("atelectasis", "bilateral", "base")).text()
-    'bilateral base atelectasis'
-    """
-    observation, rule = _KIND_PHRASE.get(finding.kind, (finding.kind.replace("_", " "), None))
-    if finding.kind == "hyperinflation":
-        observation = "emphysema" if finding.variant == "emphysema" else "hyperinflation"
-    side, zone = finding.side, finding.zone
-    if rule is None:
-        anatomy = None
-    elif rule == "side":
-        anatomy = side
-    elif rule == "zone":
-        if (zone, side) in _ZONE_ANATOMY:
-            anatomy = _ZONE_ANATOMY[(zone, side)]
-        elif zone in _ZONE_NOUN:
-            anatomy = f"{side} {_ZONE_NOUN[zone]}" if side else _ZONE_NOUN[zone]
-        else:  # diffuse, chest wall, costophrenic ...: the side alone
-            anatomy = side
-    elif rule in ("hemidiaphragm", "rib", "chest wall"):
-        anatomy = f"{side} {rule}"
-    else:
-        anatomy = rule
-    return KeyPhrase(observation, "present", anatomy)

@@ -13,15 +13,16 @@ tokenizers do (``add_special_tokens=False`` gives the bare words); a training ta
 before lower-casing). Decoding joins words with spaces.
 
 The result is a :class:`transformers.PreTrainedTokenizerFast` (padding, truncation, batching,
-``save_pretrained``). :func:`report_tokenizer` trains once on the IU report corpus and caches it
-outside the repository (the report text is CC BY-NC-ND: only the derived vocabulary is stored,
-in the user's cache), keyed by vocabulary size, minimum frequency and a hash of the corpus.
+``save_pretrained``). :func:`cached_word_tokenizer` trains once on a corpus and caches the result
+outside the repository, keyed by vocabulary size, minimum frequency and a hash of the corpus;
+the IU report corpus and its tokenizer are data's (``data/iu_xray.py``: ``report_corpus``,
+``report_tokenizer``), since text never imports data.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -89,34 +90,24 @@ def load_word_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
 
 
-def report_corpus() -> list[str]:
-    """The IU X-Ray report texts (findings + impression, non-empty), read from torchxrayvision."""
-    from medalign_lite.data.iu_xray import load_iu_reports
-
-    df = load_iu_reports()
-    texts = (df["findings"].fillna("").str.strip() + " " + df["impression"].fillna("").str.strip()).str.strip()
-    return [t for t in texts.tolist() if t]
-
-
 def cache_root() -> Path:
     """``$MEDALIGN_CACHE`` or ``~/.cache/medalign_lite``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "medalign_lite")
 
 
-def report_tokenizer(cache_dir: str | os.PathLike | None = None, vocab_size: int = 2000,
-                     min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """The word tokenizer of the IU report corpus, trained once and cached on disk.
+def cached_word_tokenizer(corpus: Sequence[str], name: str, cache_dir: str | os.PathLike | None = None,
+                          vocab_size: int = 2000, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """The word tokenizer of ``corpus``, trained once and cached on disk.
 
-    The cache folder is ``{cache_dir}/iu_words_v{vocab_size}_f{min_frequency}_{corpus hash}``
+    The cache folder is ``{cache_dir}/{name}_v{vocab_size}_f{min_frequency}_{corpus hash}``
     (``cache_dir`` defaults to ``cache_root() / "tokenizers"``); it is written atomically, so
-    concurrent callers do not see half-written files.
+    concurrent callers do not see half-written files. Only the derived vocabulary is stored.
     """
-    corpus = report_corpus()
     digest = hashlib.sha256(f"recipe{RECIPE_VERSION}\n".encode())
     for text in corpus:
         digest.update(text.encode("utf-8") + b"\x00")
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "tokenizers"
-    folder = root / f"iu_words_v{vocab_size}_f{min_frequency}_{digest.hexdigest()[:12]}"
+    folder = root / f"{name}_v{vocab_size}_f{min_frequency}_{digest.hexdigest()[:12]}"
     if (folder / "tokenizer.json").is_file():
         return load_word_tokenizer(folder)
     tok = train_word_tokenizer(corpus, vocab_size=vocab_size, min_frequency=min_frequency)
@@ -125,10 +116,23 @@ def report_tokenizer(cache_dir: str | os.PathLike | None = None, vocab_size: int
     return load_word_tokenizer(folder)
 
 
+def report_tokenizer(cache_dir: str | os.PathLike | None = None, vocab_size: int = 2000,
+                     min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Moved to ``data/iu_xray.py`` (``report_tokenizer``): the IU report corpus is data.
+
+    Kept only because ``models/llm.py`` still imports it from here; the one import of ``data``
+    left in ``text`` (``tests/text/test_imports.py`` allows exactly this one). Remove both when
+    ``models/llm.py`` imports the data one.
+    """
+    from ..data.iu_xray import report_tokenizer as iu_report_tokenizer
+
+    return iu_report_tokenizer(cache_dir, vocab_size=vocab_size, min_frequency=min_frequency)
+
+
 __all__ = [
     "SPECIAL_TOKENS",
+    "cached_word_tokenizer",
     "load_word_tokenizer",
-    "report_corpus",
     "report_tokenizer",
     "save_word_tokenizer",
     "train_word_tokenizer",

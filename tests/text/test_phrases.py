@@ -9,13 +9,12 @@ import random
 import pytest
 
 from medalign_lite.data.findings import CATALOGUE, SEVERITIES, Finding
-from medalign_lite.data.reports import write_report
+from medalign_lite.data.reports import finding_phrase, write_report
 from medalign_lite.text import labeler, phrases
 from medalign_lite.text.phrases import (
     KeyPhrase,
     extract_phrases,
     find_anatomy,
-    finding_phrase,
     phrase_f1,
 )
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from medalign_lite.data.iu_xray import report_tokenizer
 from medalign_lite.text import tokenizer as wt
 from medalign_lite.text.tokenizer import (
+    cached_word_tokenizer,
     load_word_tokenizer,
-    report_tokenizer,
     save_word_tokenizer,
     train_word_tokenizer,
 )
@@ -84,5 +85,16 @@ def test_report_tokenizer_is_trained_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(wt, "train_word_tokenizer", fail)
     second = report_tokenizer(tmp_path, vocab_size=3000)
     assert second.get_vocab() == vocab
+    assert wt.report_tokenizer(tmp_path, vocab_size=3000).get_vocab() == vocab  # the old path (models/llm.py)
     with pytest.raises(AssertionError, match="retrained"):
         report_tokenizer(tmp_path, vocab_size=500)  # another size is another cache entry
+
+
+def test_cached_word_tokenizer_keys_on_the_corpus(tmp_path):
+    first = cached_word_tokenizer(CORPUS, "tiny", tmp_path, vocab_size=100)
+    (entry,) = tmp_path.iterdir()
+    assert entry.name.startswith("tiny_v100_f2_")
+    again = cached_word_tokenizer(CORPUS, "tiny", tmp_path, vocab_size=100)
+    assert again.get_vocab() == first.get_vocab() and list(tmp_path.iterdir()) == [entry]
+    cached_word_tokenizer(CORPUS[:-1], "tiny", tmp_path, vocab_size=100)  # another corpus, another entry
+    assert len(list(tmp_path.iterdir())) == 2
