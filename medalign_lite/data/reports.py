@@ -20,11 +20,12 @@ Both write an impression (most important findings first; "No acute cardiopulmona
 abnormality." when nothing acute is present) with spans as well, and comparison language
 when the study is described relative to a prior (``changes`` / ``resolved``).
 
-Everything the writer says lives in tables: :data:`KIND_TEXT` (per kind: noun-phrase
-templates, kind-specific sentences, severity scale, report section, impression priority),
-:data:`LOCATIONS` (side x zone -> "left lower lobe", "bibasilar", "lingular" ...),
-:data:`SEVERITY_WORDS`, :data:`REPORT_SECTIONS` and :data:`NORMALS` (normal statements with
-the kinds that would make them false).
+Everything the writer says lives in tables, in :mod:`medalign_lite.data.report_phrases`
+(importable from here too): :data:`KIND_TEXT` (per kind: noun-phrase templates, kind-specific
+sentences, severity scale, report section, impression priority), :data:`LOCATIONS` (side x
+zone -> "left lower lobe", "bibasilar", "lingular" ...), :data:`SEVERITY_WORDS`,
+:data:`REPORT_SECTIONS` and :data:`NORMALS` (normal statements with the kinds that would make
+them false), and the sentence templates. This module is the writer's logic.
 
 :func:`finding_phrase` says which key phrase (``(observation, status, anatomy)``, see
 :mod:`medalign_lite.text.phrases`) the canonical wording of a finding names: ground truth
@@ -64,6 +65,36 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from .findings import Finding
+from .report_phrases import (
+    ADVERBS,
+    CHANGED,
+    COUNT,
+    DEFAULT_LOCATION,
+    DUPLICATE,
+    FREE_ORDER,
+    IMPRESSION,
+    IMPRESSION_RESOLVED,
+    KIND_PHRASE,
+    KIND_TEXT,
+    LOCATIONS,
+    MASS,
+    NEGATABLE,
+    NEGATIVE_LISTS,
+    NO_ACUTE,
+    NORMALS,
+    PLAIN,
+    PLURAL,
+    REPORT_SECTIONS,
+    RESOLVED,
+    RIBS,
+    SEVERITY_WORDS,
+    STRUCTURED_PREFIX,
+    ZONE_ANATOMY,
+    ZONE_NOUN,
+    KindText,
+    Normal,
+    NounPhrase,
+)
 
 if TYPE_CHECKING:
     from ..text.phrases import KeyPhrase
@@ -135,375 +166,6 @@ class WrittenReport:
 
 
 # ---------------------------------------------------------------------------------------
-# Vocabulary tables
-# ---------------------------------------------------------------------------------------
-
-COUNT, MASS, PLURAL = "count", "mass", "plural"
-
-
-@dataclass(frozen=True)
-class NounPhrase:
-    """A noun-phrase template and its grammar: ``count`` nouns take "a"/"an" and become
-    plural when the finding is bilateral (use ``{s}`` / ``{y}``), ``mass`` nouns take no
-    article, ``plural`` ones take "are"."""
-
-    template: str
-    grammar: str = COUNT
-
-
-def _c(t: str) -> NounPhrase:
-    return NounPhrase(t, COUNT)
-
-
-def _m(t: str) -> NounPhrase:
-    return NounPhrase(t, MASS)
-
-
-def _p(t: str) -> NounPhrase:
-    return NounPhrase(t, PLURAL)
-
-
-#: Severity words per scale; the first word of each tuple is the canonical one (structured
-#: style). An empty word means "say nothing about severity".
-SEVERITY_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "none": {"mild": ("",), "moderate": ("",), "severe": ("",)},
-    "degree": {"mild": ("mild", "minimal"), "moderate": ("moderate",), "severe": ("severe", "marked")},
-    "extent": {"mild": ("", "mild", "subtle"), "moderate": ("", "moderate"),
-               "severe": ("extensive", "dense")},
-    "opacity": {"mild": ("", "subtle", "faint"), "moderate": ("",), "severe": ("extensive", "confluent")},
-    "size": {"mild": ("small", "tiny"), "moderate": ("moderate", "moderate-sized"), "severe": ("large",)},
-    "heart": {"mild": ("mild", "borderline"), "moderate": ("moderate",), "severe": ("marked", "severe")},
-    "nodule": {"mild": ("8 mm", "6 mm", "5 mm"), "moderate": ("1.2 cm", "1.5 cm", "12 mm"),
-               "severe": ("2.5 cm", "2 cm", "2.8 cm")},
-    "mass": {"mild": ("3.5 cm", "3 cm"), "moderate": ("4 cm", "4.5 cm", "5 cm"),
-             "severe": ("7 cm", "6 cm", "8 cm")},
-    "displacement": {"mild": ("nondisplaced",), "moderate": ("minimally displaced",),
-                     "severe": ("displaced",)},
-}
-_ADVERBS = {"mild": "mildly", "minimal": "minimally", "moderate": "moderately",
-            "severe": "severely", "marked": "markedly", "borderline": "borderline"}
-
-#: (zone, side) -> (adjective forms, noun forms). Side ``"*"`` stands for left or right and
-#: ``{side}`` is filled in; a (zone, "left"/"right") row overrides it. First form canonical.
-LOCATIONS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
-    ("lower", "*"): (("{side} lower lobe", "{side} lower lung"), ("the {side} lower lobe", "the {side} lower lung zone")),
-    ("lower", "bilateral"): (("bilateral lower lobe", "bilateral lower lung"), ("both lower lobes", "the lower lobes bilaterally")),
-    ("upper", "*"): (("{side} upper lobe", "{side} upper lung"), ("the {side} upper lobe", "the {side} upper lung zone")),
-    ("upper", "bilateral"): (("bilateral upper lobe", "bilateral upper lung"), ("both upper lobes", "the upper lobes bilaterally")),
-    ("middle", "right"): (("right middle lobe",), ("the right middle lobe",)),
-    ("middle", "left"): (("left midlung", "left mid lung zone"), ("the left midlung", "the left mid lung zone")),
-    ("middle", "bilateral"): (("bilateral midlung",), ("both midlung zones",)),
-    ("base", "*"): (("{side} basilar", "{side} base", "{side} basal"), ("the {side} lung base", "the {side} base")),
-    ("base", "bilateral"): (("bibasilar", "bibasal", "bilateral basilar"), ("both lung bases", "the lung bases bilaterally")),
-    ("apex", "*"): (("{side} apical",), ("the {side} apex", "the {side} lung apex")),
-    ("apex", "bilateral"): (("biapical", "bilateral apical"), ("both apices", "the lung apices bilaterally")),
-    ("perihilar", "*"): (("{side} perihilar",), ("the {side} perihilar region",)),
-    ("perihilar", "bilateral"): (("bilateral perihilar",), ("both perihilar regions",)),
-    ("hilar", "*"): (("{side} hilar",), ("the {side} hilum",)),
-    ("hilar", "bilateral"): (("bilateral hilar",), ("both hila",)),
-    ("retrocardiac", "left"): (("retrocardiac", "left retrocardiac"), ("the retrocardiac left lower lobe", "the left retrocardiac region")),
-    ("retrocardiac", "right"): (("right paracardiac",), ("the right paracardiac region",)),
-    ("retrocardiac", "bilateral"): (("bilateral paracardiac",), ("both paracardiac regions",)),
-    ("lingula", "left"): (("lingular",), ("the lingula",)),
-    ("lingula", "right"): (("right middle lobe",), ("the right middle lobe",)),  # right-sided analogue
-    ("lingula", "bilateral"): (("bilateral midlung",), ("both midlung zones",)),
-    ("diffuse", "*"): (("diffuse {side}", "{side}"), ("the {side} lung",)),
-    ("diffuse", "bilateral"): (("diffuse bilateral", "bilateral"), ("both lungs",)),
-    ("mediastinal", "*"): (("{side} paratracheal",), ("the {side} paratracheal region",)),
-    ("mediastinal", "bilateral"): (("bilateral paratracheal",), ("both paratracheal regions",)),
-    ("chest_wall", "*"): (("{side} lateral",), ("the {side} lateral chest wall",)),
-    ("chest_wall", "bilateral"): (("bilateral",), ("both lateral chest walls",)),
-}
-_DEFAULT_LOCATION = (("{side}",), ("the {side} hemithorax",))
-_RIBS = {"upper": ("4th", "3rd"), "middle": ("6th", "5th", "7th"), "lower": ("8th", "9th", "10th")}
-
-
-@dataclass(frozen=True)
-class KindText:
-    """How one finding kind is put into words.
-
-    Attributes:
-        section: key of :data:`REPORT_SECTIONS` the finding is reported in.
-        priority: impression order (lower first); kinds below 20 always go to the impression.
-        nouns: noun-phrase templates, or a dict variant -> templates; the first is canonical.
-        scale: key of :data:`SEVERITY_WORDS`.
-        sentences: kind-specific free-text sentences (or dict by variant), used half the
-            time instead of the generic ones; ``{np}`` is a noun phrase from ``nouns``.
-        notes: impression suffixes (may use the same fields).
-        extra: kind-specific fields, each a tuple of options (first canonical).
-        acute: makes "No acute cardiopulmonary abnormality" false.
-        chronic_variants: variants that are neither acute nor important (healed fracture).
-    """
-
-    section: str
-    priority: int
-    nouns: tuple[NounPhrase, ...] | Mapping[str, tuple[NounPhrase, ...]]
-    scale: str = "none"
-    sentences: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ()
-    notes: tuple[str, ...] = ("",)
-    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    acute: bool = False
-    chronic_variants: tuple[str, ...] = ()
-
-
-_IN_POSITION = (" in satisfactory position", " in appropriate position", "")
-
-KIND_TEXT: dict[str, KindText] = {
-    # --- lungs ----------------------------------------------------------------------------
-    "consolidation": KindText(
-        "lungs", 3, scale="extent", acute=True,
-        nouns=(_m("{sev} {loc} consolidation"), _m("{sev} consolidation in {locn}"),
-               _m("{sev} {loc} airspace consolidation")),
-        sentences=("There {be} @[{np}] with air bronchograms.", "There {be} @[{np}].")),
-    "airspace_opacity": KindText(
-        "lungs", 6, scale="opacity", acute=True,
-        nouns={"patchy": (_c("{sev} patchy {loc} airspace opacit{y}"), _c("{sev} patchy {loc} opacit{y}"),
-                          _c("{sev} patchy airspace opacit{y} in {locn}"), _m("{sev} patchy {loc} airspace disease")),
-               "streaky": (_c("{sev} streaky {loc} opacit{y}"), _c("{sev} streaky {loc} airspace opacit{y}"),
-                           _c("{sev} streaky opacit{y} in {locn}"))}),
-    "pneumonia": KindText(
-        "lungs", 3, scale="extent", acute=True,
-        nouns=(_m("{sev} {loc} pneumonia"), _m("pneumonia in {locn}"),
-               _m("{loc} infection compatible with pneumonia")),
-        sentences=("Findings are consistent with [{np}].", "There {be} @[{np}].")),
-    "atelectasis": KindText(
-        "lungs", 10, scale="degree", acute=True,
-        nouns={"plate": (_m("{loc} plate-like atelectasis"), _m("{loc} subsegmental atelectasis"),
-                         _m("linear atelectasis in {locn}"), _m("{sev} {loc} discoid atelectasis")),
-               "lobar": (_m("{sev} {loc} atelectasis"), _m("{sev} atelectasis of {locn}"),
-                         _m("{loc} atelectasis with volume loss"))}),
-    "edema": KindText(
-        "lungs", 4, scale="degree", acute=True,
-        nouns=(_m("{sev} pulmonary edema"), _m("{sev} interstitial pulmonary edema"),
-               _m("{sev} {loc} edema"), _m("{sev} {loc} interstitial edema"))),
-    "vascular_congestion": KindText(
-        "lungs", 9, scale="degree", acute=True,
-        nouns=(_m("{sev} pulmonary vascular congestion"), _m("{sev} vascular congestion"),
-               _m("{sev} central pulmonary vascular congestion"))),
-    "interstitial_markings": KindText(
-        "lungs", 21, scale="degree",
-        nouns=(_p("{sevly} increased {loc} interstitial markings"), _m("{sev} {loc} interstitial prominence"),
-               _p("{sev} coarsened {loc} interstitial markings"))),
-    "scarring": KindText(
-        "lungs", 25, scale="degree",
-        nouns=(_m("{loc} scarring"), _m("{sev} {loc} scarring"), _m("scarring in {locn}"),
-               _m("{loc} parenchymal scarring"))),
-    "nodule": KindText(
-        "lungs", 8, scale="nodule",
-        nouns=(_c("{sev} {loc} nodule"), _c("{sev} nodule in {locn}"), _c("{sev} {loc} pulmonary nodule"),
-               _c("{loc} nodular density measuring {sev}")),
-        notes=("", ", recommend chest CT for further characterization",
-               ", further evaluation with CT is recommended")),
-    "mass": KindText(
-        "lungs", 1, scale="mass",
-        nouns=(_c("{sev} {loc} mass"), _c("{loc} mass measuring approximately {sev}"),
-               _c("{sev} {loc} pulmonary mass"), _c("{loc} soft tissue mass measuring {sev}")),
-        notes=("", ", concerning for malignancy", ", suspicious for neoplasm")),
-    "granuloma": KindText(
-        "lungs", 23,
-        nouns={"calcified": (_c("calcified granuloma in {locn}"), _c("{loc} calcified granuloma"),
-                             _c("small calcified granuloma in {locn}"), _c("calcified {loc} granuloma")),
-               "noncalcified": (_c("{loc} granuloma"), _c("noncalcified granuloma in {locn}"),
-                                _c("small {loc} noncalcified granuloma"))}),
-    "hyperinflation": KindText(
-        "lungs", 20, scale="degree",
-        nouns={"hyperinflation": (_p("hyperinflated lungs"), _m("pulmonary hyperinflation"),
-                                  _p("hyperexpanded lungs")),
-               "emphysema": (_m("{sev} emphysema"), _p("emphysematous changes"), _p("changes of emphysema"))},
-        sentences={"hyperinflation": ("The [lungs are hyperinflated].", "The [lungs are hyperexpanded].",
-                                      "The [lungs are hyperinflated], with flattening of the diaphragms."),
-                   "emphysema": ("There {be} @[{np}].",)}),
-    "hypoinflation": KindText(
-        "lungs", 29,
-        nouns=(_p("low lung volumes"), _p("hypoinflated lungs"), _p("diminished lung volumes")),
-        sentences=("The [lung volumes are low].", "[Lung volumes are low].")),
-    # --- pleura ---------------------------------------------------------------------------
-    "pleural_effusion": KindText(
-        "pleura", 5, scale="size", acute=True,
-        nouns=(_c("{sev} {side} pleural effusion{s}"), _c("{sev} {side} effusion{s}"),
-               _c("{sev} layering {side} pleural effusion{s}")),
-        sentences=("There {be} @[{np}] with blunting of the {cpa}.", "@[{np}] {be} present, blunting the {cpa}.",
-                   "There {be} @[{np}].")),
-    "pneumothorax": KindText(
-        "pleura", 0, scale="size", acute=True,
-        nouns=(_c("{sev} {side} pneumothorax"), _c("{sev} {side} apical pneumothorax"),
-               _c("{sev} {side}-sided pneumothorax")),
-        sentences=("There {be} @[{np}].", "@[{np}] {be} present, with a visible pleural line at the {side} apex.")),
-    "pleural_thickening": KindText(
-        "pleura", 25, scale="degree",
-        nouns=(_m("{loc} pleural thickening"), _m("{sev} {loc} pleural thickening"),
-               _m("pleural thickening along {locn}"))),
-    # --- heart and mediastinum ------------------------------------------------------------
-    "cardiomegaly": KindText(
-        "heart", 9, scale="heart",
-        nouns=(_m("{sev} cardiomegaly"), _m("{sev} enlargement of the cardiac silhouette"),
-               _c("{sevly} enlarged cardiac silhouette"), _c("{sevly} enlarged heart")),
-        sentences=("The [heart is {sevly} enlarged].", "The [cardiac silhouette is {sevly} enlarged].",
-                   "[Heart size is {sevly} enlarged].")),
-    "enlarged_cardiomediastinum": KindText(
-        "mediastinum", 2, scale="degree", acute=True,
-        nouns=(_c("widened mediastinum"), _m("{sev} widening of the mediastinum"),
-               _m("{sev} enlargement of the cardiomediastinal silhouette"), _c("widened superior mediastinum")),
-        sentences=("The [mediastinum is {sevly} widened].", "The [superior mediastinum is widened].")),
-    "tortuous_aorta": KindText(
-        "mediastinum", 27, scale="degree",
-        nouns=(_c("tortuous thoracic aorta"), _m("{sev} tortuosity of the thoracic aorta"),
-               _c("{sevly} tortuous aorta")),
-        sentences=("The [thoracic aorta is {sevly} tortuous].", "The [aorta is tortuous].")),
-    "aortic_calcification": KindText(
-        "mediastinum", 28, scale="degree",
-        nouns=(_m("atherosclerotic calcification of the aortic arch"), _m("{sev} aortic arch calcification"),
-               _m("{sev} aortic atherosclerosis"), _c("calcified aortic knob")),
-        sentences=("The [aortic arch is calcified].",)),
-    "calcified_lymph_node": KindText(
-        "mediastinum", 24,
-        nouns=(_p("calcified {loc} lymph nodes"), _p("{loc} calcified lymph nodes"),
-               _p("calcified lymph nodes in {locn}"))),
-    "hiatal_hernia": KindText(
-        "mediastinum", 22, scale="size",
-        nouns=(_c("{sev} hiatal hernia"), _c("{sev} retrocardiac hiatal hernia"), _c("{sev} sliding hiatal hernia")),
-        sentences=("There {be} @[{np}] with an air-fluid level.",)),
-    # --- diaphragm and bones --------------------------------------------------------------
-    "elevated_hemidiaphragm": KindText(
-        "diaphragm", 26, scale="degree",
-        nouns=(_c("{sevly} elevated {side} hemidiaphragm"), _m("{sev} elevation of the {side} hemidiaphragm"),
-               _m("{sev} {side} hemidiaphragm elevation")),
-        sentences=("The [{side} hemidiaphragm is {sevly} elevated].",)),
-    "rib_fracture": KindText(
-        "bones", 7, scale="displacement", acute=True, chronic_variants=("healed",),
-        nouns={"acute": (_c("acute {sev} {side} {rib} rib fracture"), _c("{sev} fracture of the {side} {ribpos} {rib} rib"),
-                         _c("acute {sev} fracture of the {side} {rib} rib")),
-               "healed": (_c("healed {side} {rib} rib fracture"), _c("old healed fracture of the {side} {ribpos} {rib} rib"),
-                          _c("remote healed {side} {ribpos} {rib} rib fracture"))},
-        extra={"ribpos": ("lateral", "posterior", "anterior")}),
-    "degenerative_spine": KindText(
-        "bones", 30, scale="degree",
-        nouns=(_p("{sev} degenerative changes of the thoracic spine"), _m("{sev} thoracic spondylosis"),
-               _m("{sev} degenerative disc disease of the thoracic spine"),
-               _p("{sev} multilevel degenerative changes in the thoracic spine"))),
-    "scoliosis": KindText(
-        "bones", 31, scale="degree",
-        nouns=(_m("{sev} thoracic scoliosis convex to the {side}"), _m("{sev} {convex} thoracic scoliosis"),
-               _m("{sev} scoliosis of the thoracic spine, convex to the {side}"))),
-    # --- support devices ------------------------------------------------------------------
-    "central_line": KindText(
-        "devices", 13,
-        nouns=(_c("{side} {route} central venous catheter"), _c("{side} {route} central line"),
-               _c("{side}-sided central venous catheter"), _c("{side} {route} venous catheter")),
-        sentences=("@[{np}] {be} present with tip {tip}.", "[{np}] with tip {tip}."),
-        notes=_IN_POSITION + (" with tip {tip}",),
-        extra={"route": ("internal jugular", "subclavian"),
-               "tip": ("in the SVC", "projecting over the superior vena cava", "at the cavoatrial junction",
-                       "in the mid SVC")}),
-    "endotracheal_tube": KindText(
-        "devices", 12,
-        nouns=(_c("endotracheal tube"), _c("ET tube")),
-        sentences=("@[{np}] {be} present with tip {dist} cm above the carina.",
-                   "[{np}] with tip {dist} cm above the carina.",
-                   "The tip of the [{np}] is {dist} cm above the carina."),
-        notes=_IN_POSITION + (" terminating {dist} cm above the carina",),
-        extra={"dist": ("5", "3", "4", "4.5", "6")}),
-    "pacemaker": KindText(
-        "devices", 24,
-        nouns=(_c("{side} chest wall pacemaker"), _c("{side}-sided pacemaker"),
-               _c("{side}-sided dual-chamber pacemaker"), _c("{side} chest wall dual-lead pacemaker")),
-        sentences=("@[{np}] {be} present with leads in expected position.",
-                   "[{np}] with leads in standard position.", "There {be} @[{np}] with intact leads."),
-        notes=_IN_POSITION),
-    "sternotomy_wires": KindText(
-        "devices", 26,
-        nouns=(_p("median sternotomy wires"), _p("sternotomy wires"), _p("intact median sternotomy wires")),
-        sentences=("Status post [median sternotomy].", "Postoperative changes of [median sternotomy].")),
-}
-
-#: Report sections: (key, structured header, structured text when empty). Free text goes
-#: heart -> mediastinum -> lungs -> pleura -> diaphragm -> bones -> devices.
-REPORT_SECTIONS: tuple[tuple[str, str, str], ...] = (
-    ("devices", "LINES/TUBES", "None."),
-    ("heart", "HEART", "Normal."),
-    ("mediastinum", "MEDIASTINUM", "Normal."),
-    ("lungs", "LUNGS", "Normal."),
-    ("pleura", "PLEURA", "Normal."),
-    ("diaphragm", "DIAPHRAGM", "Normal."),
-    ("bones", "BONES", "Normal."),
-)
-_FREE_ORDER = ("heart", "mediastinum", "lungs", "pleura", "diaphragm", "bones", "devices")
-
-
-def _kinds_in(section: str) -> frozenset[str]:
-    return frozenset(k for k, t in KIND_TEXT.items() if t.section == section)
-
-
-@dataclass(frozen=True)
-class Normal:
-    """Normal statements about one topic; unusable when a present finding's kind (or
-    ``kind:variant``) is in ``denies``."""
-
-    topic: str
-    texts: tuple[str, ...]
-    denies: frozenset[str]
-
-
-NORMALS: tuple[Normal, ...] = (
-    Normal("cardiomediastinal", (
-        "The heart size and mediastinal contours are within normal limits.",
-        "The cardiomediastinal silhouette is within normal limits.", "Normal cardiomediastinal silhouette.",
-        "Heart size and mediastinal contours are normal.",
-        "The cardiomediastinal silhouette is normal in size and contour."),
-        _kinds_in("heart") | _kinds_in("mediastinum")),
-    Normal("heart", ("The heart is normal in size.", "Heart size is normal.",
-                     "The cardiac silhouette is normal in size.", "Normal heart size."), _kinds_in("heart")),
-    Normal("mediastinum", ("The mediastinal contours are normal.", "Mediastinal contours are within normal limits.",
-                           "The mediastinal silhouette is unremarkable.", "Normal mediastinal contours."),
-           _kinds_in("mediastinum")),
-    Normal("lungs", ("The lungs are clear.", "Lungs are clear bilaterally.", "Both lungs are clear.",
-                     "The lungs are well expanded and clear."), _kinds_in("lungs")),
-    Normal("bones", ("No acute osseous abnormality.", "No acute bony abnormality.",
-                     "No acute osseous abnormality is identified."), frozenset({"rib_fracture:acute"})),
-    Normal("bones", ("The osseous structures are intact.", "Visualized osseous structures are unremarkable.",
-                     "The bony thorax is intact."), _kinds_in("bones")),
-)
-
-#: Key observations that get a pertinent negative when absent: synonyms, kinds that forbid it.
-_NEGATABLE: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
-    "consolidation": (("focal consolidation", "focal airspace consolidation", "focal airspace disease",
-                       "consolidation"), frozenset({"consolidation", "pneumonia", "airspace_opacity"})),
-    "effusion": (("pleural effusion", "pleural effusions", "effusion"), frozenset({"pleural_effusion"})),
-    "pneumothorax": (("pneumothorax",), frozenset({"pneumothorax"})),
-    "edema": (("pulmonary edema", "edema", "overt pulmonary edema"), frozenset({"edema", "vascular_congestion"})),
-}
-_NEGATIVE_LISTS = ("No {x}.", "There is no {x}.", "No evidence of {x}.", "No {x} is seen.")
-
-# --- sentence templates ------------------------------------------------------------------
-_PLAIN = ("There {be} @[{np}].", "@[{np}] {be} present.", "@[{np}] {be} seen.", "[{np}].",
-          "@[{np}] {be} noted.", "@[{np}] {be} identified.")
-_DUPLICATE = ("There {be} @second [{np}].", "An additional [{np}] {be} noted.", "Another [{np}] {be} seen.")
-_CHANGED: dict[str, tuple[str, ...]] = {
-    "new": ("There {be} @new [{np}].", "New [{np}].", "Interval development of @[{np}].", "@[{np}] {be} new."),
-    "worse": ("{the}[{np}] {has} increased.", "Worsening [{np}].", "Interval worsening of {the}[{np}].",
-              "{the}[{np}] {has} worsened."),
-    "better": ("{the}[{np}] {has} improved.", "Interval improvement in {the}[{np}].", "Improving [{np}].",
-               "{the}[{np}] {has} decreased."),
-    "unchanged": ("Unchanged [{np}].", "Stable [{np}].", "{the}[{np}] {be} unchanged.",
-                  "@[{np}] {be} again noted."),
-}
-_RESOLVED = ("Previously seen {np} {has} resolved.", "Interval resolution of {the}{np}.",
-             "The previously noted {np} {be} no longer seen.", "{the}{np} {has} resolved.")
-_IMPRESSION: dict[str | None, tuple[str, ...]] = {
-    None: ("[{np}]{note}.",),
-    "new": ("New [{np}]{note}.",),
-    "worse": ("Worsening [{np}].", "Increased [{np}]."),
-    "better": ("Improving [{np}].", "Decreased [{np}].", "Interval improvement in {the}[{np}]."),
-    "unchanged": ("Stable [{np}]{note}.", "Unchanged [{np}]{note}."),
-}
-_IMPRESSION_RESOLVED = ("Interval resolution of {the}{np}.", "Resolved {np}.", "Resolution of previously seen {np}.")
-_NO_ACUTE = ("No acute cardiopulmonary abnormality.", "No acute cardiopulmonary process.",
-             "No acute cardiopulmonary disease.", "No active disease.")
-_STRUCTURED_PREFIX = {None: "", "new": "New ", "worse": "Increased ", "better": "Decreased ",
-                      "unchanged": "Unchanged "}
-
-
-# ---------------------------------------------------------------------------------------
 # Randomness: one picker interface for random.Random, numpy Generators and "canonical"
 # ---------------------------------------------------------------------------------------
 
@@ -554,7 +216,7 @@ def _variant_entry(table, variant):
 
 
 def _location(zone: str, side: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return (LOCATIONS.get((zone, side or "*")) or LOCATIONS.get((zone, "*")) or _DEFAULT_LOCATION)
+    return (LOCATIONS.get((zone, side or "*")) or LOCATIONS.get((zone, "*")) or DEFAULT_LOCATION)
 
 
 def _fields(f: Finding, pick: _Picker, severity: bool = True) -> dict[str, str]:
@@ -565,11 +227,11 @@ def _fields(f: Finding, pick: _Picker, severity: bool = True) -> dict[str, str]:
     adj, noun = _location(f.zone, f.side)
     bilateral = f.side == "bilateral"
     fields = {
-        "sev": sev, "sevly": _ADVERBS.get(sev, sev), "side": side,
+        "sev": sev, "sevly": ADVERBS.get(sev, sev), "side": side,
         "loc": pick.choice(adj).format(side=side), "locn": pick.choice(noun).format(side=side),
         "s": "s" if bilateral else "", "y": "ies" if bilateral else "y",
         "cpa": "costophrenic angles" if bilateral else f"{side} costophrenic angle",
-        "rib": pick.choice(_RIBS.get(f.zone, ("",))),
+        "rib": pick.choice(RIBS.get(f.zone, ("",))),
         "convex": {"left": "levoconvex", "right": "dextroconvex"}.get(side, ""),
     }
     fields.update({k: pick.choice(v) for k, v in t.extra.items()})
@@ -722,14 +384,14 @@ def _finding_sentence(item: _Item, pick: _Picker, duplicate: bool) -> _Piece:
     f = item.finding
     _, grammar, fields = item.noun_phrase(pick)
     if item.change == "resolved":
-        return _render(pick.choice(_RESOLVED), fields, grammar)
+        return _render(pick.choice(RESOLVED), fields, grammar)
     if item.change is not None:
-        templates = _CHANGED[item.change]
+        templates = CHANGED[item.change]
     elif duplicate and grammar == COUNT:
-        templates = _DUPLICATE
+        templates = DUPLICATE
     else:
         own = _variant_entry(item.text.sentences, f.variant)
-        templates = own if own and pick.chance(0.5) else _PLAIN
+        templates = own if own and pick.chance(0.5) else PLAIN
     return _render(pick.choice(templates), fields, grammar, item.index)
 
 
@@ -737,7 +399,7 @@ def _negative_list(present: Sequence[Finding], pick: _Picker, lungs_said_clear: 
     """"No focal consolidation, pleural effusion or pneumothorax." over absent key observations."""
     keep = {"consolidation": 0.45 if lungs_said_clear else 0.85, "effusion": 0.9, "pneumothorax": 0.85,
             "edema": 0.25}
-    words = [pick.choice(syn) for key, (syn, denies) in _NEGATABLE.items()
+    words = [pick.choice(syn) for key, (syn, denies) in NEGATABLE.items()
              if not _denied(denies, present) and pick.chance(keep[key])]
     if not words:
         return None
@@ -748,12 +410,12 @@ def _negative_list(present: Sequence[Finding], pick: _Picker, lungs_said_clear: 
     else:
         comma = "," if len(words) > 2 and pick.chance(0.3) else ""
         x = ", ".join(words[:-1]) + f"{comma} or {words[-1]}"
-    return pick.choice(_NEGATIVE_LISTS).format(x=x)
+    return pick.choice(NEGATIVE_LISTS).format(x=x)
 
 
 def _free_findings(items: Sequence[_Item], present: Sequence[Finding], pick: _Picker,
                    negatives: bool) -> _Piece:
-    order = list(_FREE_ORDER)
+    order = list(FREE_ORDER)
     if pick.chance(0.25):  # MIMIC-style: lines and tubes first
         order = ["devices"] + order[:-1]
     seen: set[tuple] = set()
@@ -811,11 +473,11 @@ def _free_impression(items: Sequence[_Item], pick: _Picker) -> _Piece:
                 sentences.append(pending + ".")
                 pending = None
             if no_acute:
-                sentences.append(_Piece(pick.choice(_NO_ACUTE)))
+                sentences.append(_Piece(pick.choice(NO_ACUTE)))
             continue
         _, grammar, fields = it.noun_phrase(pick)
         if it.change == "resolved":
-            sentences.append(_render(pick.choice(_IMPRESSION_RESOLVED), fields, grammar))
+            sentences.append(_render(pick.choice(IMPRESSION_RESOLVED), fields, grammar))
             continue
         note = pick.choice(it.text.notes).format(**fields)
         if it.change is None and not note and pick.chance(0.35):
@@ -829,7 +491,7 @@ def _free_impression(items: Sequence[_Item], pick: _Picker) -> _Piece:
         if pending is not None:
             sentences.append(pending + ".")
             pending = None
-        sentences.append(_render(pick.choice(_IMPRESSION[it.change]), {**fields, "note": note}, grammar, it.index))
+        sentences.append(_render(pick.choice(IMPRESSION[it.change]), {**fields, "note": note}, grammar, it.index))
     if pending is not None:
         sentences.append(pending + ".")
     return _join(sentences, " ")
@@ -839,7 +501,7 @@ def _structured_statement(it: _Item, pick: _Picker) -> _Piece:
     np, grammar, fields = it.noun_phrase(pick)
     if it.change == "resolved":
         return _Piece(f"Resolved {np}.")
-    return _render(_STRUCTURED_PREFIX[it.change] + "[{np}].", fields, grammar, it.index)
+    return _render(STRUCTURED_PREFIX[it.change] + "[{np}].", fields, grammar, it.index)
 
 
 def _structured_findings(items: Sequence[_Item], pick: _Picker) -> _Piece:
@@ -856,7 +518,7 @@ def _structured_impression(items: Sequence[_Item], pick: _Picker) -> _Piece:
     first, later, no_acute = _impression_items(items, pick, chronic_p=0.0)
     statements = [_structured_statement(it, pick) for it in first]
     if no_acute:
-        statements.append(_Piece(_NO_ACUTE[0]))
+        statements.append(_Piece(NO_ACUTE[0]))
     statements += [_structured_statement(it, pick) for it in later]
     if len(statements) == 1:
         return statements[0]
@@ -919,37 +581,6 @@ def write_report(findings: Sequence[Finding], style: str = "free", seed: int = 0
 # The key phrase of a finding's canonical wording (ground truth for text.phrases)
 # ---------------------------------------------------------------------------------------
 
-#: Finding kind -> (observation, anatomy rule): "zone" = side + zone, "side" = side only,
-#: a fixed string, or None (no anatomy).
-_KIND_PHRASE: dict[str, tuple[str, str | None]] = {
-    "consolidation": ("consolidation", "zone"), "airspace_opacity": ("opacity", "zone"),
-    "pneumonia": ("pneumonia", "zone"), "atelectasis": ("atelectasis", "zone"), "edema": ("edema", None),
-    "vascular_congestion": ("vascular congestion", None), "interstitial_markings": ("interstitial markings", "zone"),
-    "scarring": ("scarring", "zone"), "nodule": ("nodule", "zone"), "mass": ("mass", "zone"),
-    "granuloma": ("granuloma", "zone"), "hypoinflation": ("low lung volumes", None),
-    "pleural_effusion": ("pleural effusion", "side"), "pneumothorax": ("pneumothorax", "side"),
-    "pleural_thickening": ("pleural thickening", "zone"), "cardiomegaly": ("cardiomegaly", None),
-    "enlarged_cardiomediastinum": ("widened mediastinum", None), "tortuous_aorta": ("tortuous aorta", None),
-    "aortic_calcification": ("calcification", "aorta"), "calcified_lymph_node": ("calcified lymph nodes", "zone"),
-    "hiatal_hernia": ("hiatal hernia", None), "elevated_hemidiaphragm": ("elevation", "hemidiaphragm"),
-    "rib_fracture": ("fracture", "rib"), "degenerative_spine": ("degenerative changes", "spine"),
-    "scoliosis": ("scoliosis", None), "central_line": ("catheter", "side"),
-    "endotracheal_tube": ("endotracheal tube", None), "pacemaker": ("pacemaker", "chest wall"),
-    "sternotomy_wires": ("sternotomy wires", None),
-}
-#: (zone, side) -> canonical anatomy of the writer's canonical location words, where it is
-#: not simply "{side} {zone}" (see :data:`LOCATIONS`).
-_ZONE_ANATOMY: dict[tuple[str, str | None], str | None] = {
-    ("middle", "right"): "right middle lobe", ("middle", "left"): "left midlung",
-    ("middle", "bilateral"): "bilateral midlung", ("retrocardiac", "left"): "retrocardiac",
-    ("retrocardiac", "right"): "right paracardiac", ("retrocardiac", "bilateral"): "bilateral paracardiac",
-    ("lingula", "left"): "lingula", ("lingula", "right"): "right middle lobe",
-    ("lingula", "bilateral"): "bilateral midlung",
-}
-_ZONE_NOUN = {"lower": "lower lobe", "upper": "upper lobe", "base": "base", "apex": "apex",
-              "perihilar": "perihilar", "hilar": "hilum", "mediastinal": "paratracheal"}
-
-
 def finding_phrase(finding: Finding) -> KeyPhrase:
     """The key phrase :func:`~medalign_lite.text.phrases.extract_phrases` should give for the
     writer's canonical (structured-style) wording of ``finding``; status "present".
@@ -963,7 +594,7 @@ def finding_phrase(finding: Finding) -> KeyPhrase:
         KeyPhrase,  # not at the top: it compiles the labeler's lexicons
     )
 
-    observation, rule = _KIND_PHRASE.get(finding.kind, (finding.kind.replace("_", " "), None))
+    observation, rule = KIND_PHRASE.get(finding.kind, (finding.kind.replace("_", " "), None))
     if finding.kind == "hyperinflation":
         observation = "emphysema" if finding.variant == "emphysema" else "hyperinflation"
     side, zone = finding.side, finding.zone
@@ -972,10 +603,10 @@ def finding_phrase(finding: Finding) -> KeyPhrase:
     elif rule == "side":
         anatomy = side
     elif rule == "zone":
-        if (zone, side) in _ZONE_ANATOMY:
-            anatomy = _ZONE_ANATOMY[(zone, side)]
-        elif zone in _ZONE_NOUN:
-            anatomy = f"{side} {_ZONE_NOUN[zone]}" if side else _ZONE_NOUN[zone]
+        if (zone, side) in ZONE_ANATOMY:
+            anatomy = ZONE_ANATOMY[(zone, side)]
+        elif zone in ZONE_NOUN:
+            anatomy = f"{side} {ZONE_NOUN[zone]}" if side else ZONE_NOUN[zone]
         else:  # diffuse, chest wall, costophrenic ...: the side alone
             anatomy = side
     elif rule in ("hemidiaphragm", "rib", "chest wall"):
