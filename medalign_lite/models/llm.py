@@ -17,16 +17,19 @@ on the attention projections q/k/v/o (our S2D / ExGra-Med setting; R2GenGPT: r =
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .loading import ModelNotAvailable, parse_dtype, resolve_pretrained
+from .loading import (
+    ModelNotAvailable,
+    parse_dtype,
+    quiet_hub_progress,
+    resolve_pretrained,
+)
 
 
 @dataclass
@@ -107,25 +110,6 @@ def tiny_llama_config(cfg: LLMConfig, tokenizer) -> Any:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
-@contextlib.contextmanager
-def _quiet_loading(source, small_bytes: int = 100 * 2**20):
-    """transformers' "Loading weights" bar off while a small local checkpoint loads (the
-    tutorial's tiny LM is rebuilt once per variant and the bar would fill the notebook); kept
-    for big ones, where it tells the user that minutes of loading are progress."""
-    from transformers.utils import logging as hf_logging
-
-    folder = Path(source)
-    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else small_bytes
-    was = hf_logging.is_progress_bar_enabled()
-    if was and size < small_bytes:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def load_causal_lm(cfg: LLMConfig | None = None) -> tuple[nn.Module, Any]:
     """(model, tokenizer) for ``cfg``: the random tiny Llama, or a real checkpoint offline-first.
 
@@ -149,7 +133,7 @@ def load_causal_lm(cfg: LLMConfig | None = None) -> tuple[nn.Module, Any]:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 tok_source, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
-            with _quiet_loading(source):
+            with quiet_hub_progress(source):  # no "Loading weights" bar for a small local LM
                 model = transformers.AutoModelForCausalLM.from_pretrained(
                     source, local_files_only=True, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
         except OSError as e:

@@ -18,14 +18,26 @@ the two ways to provide it.
 
 Weights are read with :func:`load_state_dict`: safetensors, or ``torch.load(weights_only=True)``
 for ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``. Nothing is ever unpickled otherwise.
+
+Progress bars: :func:`quiet_hub_progress` is the one place that turns transformers' (and
+huggingface_hub's) tqdm bars off around a ``from_pretrained`` / ``save_pretrained`` of a *small*
+checkpoint (under :data:`SMALL_CHECKPOINT_BYTES`), and restores the previous state afterwards.
+Tutorials and tests rebuild MiniLM, tiny vision towers and tiny LMs many times; under papermill
+(``TQDM_DISABLE`` unset) every "Loading weights" / "Writing model shards" bar would land in the
+executed notebook. Big checkpoints keep their bars: minutes of loading should show progress.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 #: Env variable that allows downloads (``1``/``true``/``yes``).
 ALLOW_DOWNLOAD_ENV = "MEDALIGN_ALLOW_DOWNLOAD"
@@ -170,6 +182,92 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict):
         raise ValueError(f"'{path}' does not hold a state dict (got {type(obj).__name__})")  # noqa: TRY004
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+#: Checkpoints smaller than this (bytes of weights) load and save without progress bars; bigger
+#: ones keep them. Read at call time, so a test can lower it to play a "big" checkpoint.
+SMALL_CHECKPOINT_BYTES = 100 * 2**20
+_WEIGHT_SUFFIXES = (".safetensors", *_TORCH_SUFFIXES)
+
+
+def checkpoint_nbytes(source: str | os.PathLike | nn.Module) -> int | None:
+    """Bytes of weights in ``source``: a module's parameters and buffers, a weight file's size, or
+    the weight files (``*.safetensors``, ``*.bin``, ``*.pt``, ...) of a model folder (symlinks of a
+    Hugging Face cache snapshot followed). ``None`` when unknown: not a local path (a Hub id)."""
+    if isinstance(source, nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*source.parameters(), *source.buffers()))
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES and f.is_file())
+    return None
+
+
+def _hub_bar_states() -> dict | None:
+    """huggingface_hub's per-group progress-bar switches (global and ``disable_progress_bars(name)``
+    groups), so that they come back exactly; ``None`` if a future version moves them."""
+    try:
+        states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    except (ImportError, AttributeError):
+        return None
+    return states if isinstance(states, dict) else None
+
+
+@contextlib.contextmanager
+def quiet_hub_progress(source: str | os.PathLike | nn.Module | None = None,
+                       small_bytes: int | None = None) -> Iterator[bool]:
+    """No transformers / huggingface_hub progress bars inside the block when ``source`` is small.
+
+    Wrap a ``from_pretrained`` of a local folder, or a ``model.save_pretrained`` /
+    ``tokenizer.save_pretrained``::
+
+        with quiet_hub_progress(folder):
+            model = AutoModel.from_pretrained(folder, local_files_only=True)
+        with quiet_hub_progress(lm):
+            lm.save_pretrained(out)
+            tok.save_pretrained(out)
+
+    Uses the supported switches (``transformers.utils.logging.disable_progress_bar`` /
+    ``enable_progress_bar``, which also drive ``huggingface_hub.utils``'s), and on exit puts back
+    the state found on entry, huggingface_hub's per-group settings included. Nested blocks and
+    bars already off are left alone; an explicit ``HF_HUB_DISABLE_PROGRESS_BARS=0`` (bars forced
+    on) wins.
+
+    Args:
+        source: what is loaded or saved: a local folder / weight file, or the module being
+            saved (its size is measured with :func:`checkpoint_nbytes`). A source of unknown size
+            (a Hub id) keeps the bars. ``None``: the caller vouches it is small (quiet).
+        small_bytes: size limit; ``None`` = :data:`SMALL_CHECKPOINT_BYTES` (100 MiB).
+
+    Yields:
+        True when the bars were turned off for the block, False when left as they were.
+    """
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    limit = SMALL_CHECKPOINT_BYTES if small_bytes is None else small_bytes
+    size = 0 if source is None else checkpoint_nbytes(source)
+    quiet = (size is not None and size < limit and hf_logging.is_progress_bar_enabled()
+             and hub_constants.HF_HUB_DISABLE_PROGRESS_BARS is not False)
+    states = _hub_bar_states()
+    saved = dict(states) if states is not None else None
+    hub_was_off = hub_utils.are_progress_bars_disabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield quiet
+    finally:
+        if quiet:
+            with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=1: hub bars stay off anyway
+                warnings.filterwarnings("ignore", message="Cannot enable progress bars")
+                hf_logging.enable_progress_bar()
+            if states is not None:
+                states.clear()
+                states.update(saved)
+            elif hub_was_off:
+                hub_utils.disable_progress_bars()
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:

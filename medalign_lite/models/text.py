@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .features import TextFeatures
-from .loading import MINILM, ModelNotAvailable, resolve_pretrained
+from .loading import MINILM, ModelNotAvailable, quiet_hub_progress, resolve_pretrained
 
 #: Model types whose forward skips a ``pooler`` set to None: it is removed after loading (unused
 #: here, it would leave parameters without gradients, which DDP and optimizers dislike).
@@ -344,9 +344,10 @@ def build_text_encoder(cfg: TextConfig | None = None) -> TextEncoder:
                                                          trust_remote_code=cfg.trust_remote_code)
     if cfg.pretrained:
         try:
-            model = transformers.AutoModel.from_pretrained(
-                source, config=config, local_files_only=True, dtype=torch.float32,
-                trust_remote_code=cfg.trust_remote_code)
+            with quiet_hub_progress(source):  # MiniLM (87 MiB): no "Loading weights" bar
+                model = transformers.AutoModel.from_pretrained(
+                    source, config=config, local_files_only=True, dtype=torch.float32,
+                    trust_remote_code=cfg.trust_remote_code)
         except OSError as e:
             raise ModelNotAvailable(f"Model '{cfg.name}': weights not found in '{source}' ({e}); "
                                     "download them with allow_download=True or pass a local path") from e

@@ -39,7 +39,12 @@ import torch
 from torch import nn
 
 from .features import ImageFeatures
-from .loading import ModelNotAvailable, load_state_dict, resolve_pretrained
+from .loading import (
+    ModelNotAvailable,
+    load_state_dict,
+    quiet_hub_progress,
+    resolve_pretrained,
+)
 
 
 @dataclass
@@ -279,7 +284,8 @@ def _build_hf(cfg: VisionConfig, model_id: str) -> ImageEncoder:
         model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
     else:
         try:
-            model = cls.from_pretrained(source, config=config, local_files_only=True, dtype=torch.float32)
+            with quiet_hub_progress(source):  # a small local tower draws no "Loading weights" bar
+                model = cls.from_pretrained(source, config=config, local_files_only=True, dtype=torch.float32)
         except OSError as e:  # e.g. a cache holding the config but no weights
             raise ModelNotAvailable(f"Model '{model_id}': weights not found in '{source}' ({e}); "
                                     "download them with allow_download=True or pass a local path") from e

@@ -1,8 +1,6 @@
 """Causal LM: tiny Llama forward/generate with KV cache, LoRA freezing, offline errors."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -12,7 +10,7 @@ from medalign_lite.models.llm import (
     count_parameters,
     load_causal_lm,
 )
-from medalign_lite.models.loading import ModelNotAvailable
+from medalign_lite.models.loading import ModelNotAvailable, quiet_hub_progress
 from medalign_lite.text.tokenizer import save_word_tokenizer, train_word_tokenizer
 
 CORPUS = ["the heart is normal in size .", "the lungs are clear .", "no pleural effusion .",
@@ -101,53 +99,45 @@ def test_local_folder_loads_through_auto_classes(tok_dir, tmp_path):
     assert tok2.get_vocab() == tok.get_vocab()
 
 
-def test_small_local_checkpoints_load_without_a_progress_bar(tok_dir, tmp_path, monkeypatch):
-    from transformers.utils import logging as hf_logging
-
-    from medalign_lite.models import llm as llm_module
-
-    model, tok = load_causal_lm(LLMConfig(tokenizer=tok_dir, **SMALL))
-    model.save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(str(tmp_path / "lm"))
-    states = []
-    original = llm_module._quiet_loading
-
-    @contextlib.contextmanager
-    def spy(source, small_bytes=100 * 2**20):
-        with original(source, small_bytes):
-            states.append(hf_logging.is_progress_bar_enabled())
-            yield
-
-    monkeypatch.setattr(llm_module, "_quiet_loading", spy)
-    load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
-    monkeypatch.setattr(llm_module, "_quiet_loading", lambda s: spy(s, small_bytes=1))  # "big"
-    load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
-    assert states == [False, True] and hf_logging.is_progress_bar_enabled()
-
-
-def test_loading_a_small_saved_model_from_a_folder_draws_no_bar(tok_dir, tmp_path, monkeypatch):
+def test_loading_a_small_saved_model_from_a_folder_draws_no_bar(tok_dir, tmp_path, monkeypatch, bars):
     """End to end: the bars transformers would draw (whatever TQDM_DISABLE says) are recorded."""
     from transformers.utils import logging as hf_logging
 
-    from medalign_lite.models import llm as llm_module
+    from medalign_lite.models import loading
 
     model, tok = load_causal_lm(LLMConfig(tokenizer=tok_dir, **SMALL))
-    model.save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(str(tmp_path / "lm"))
-    bars = []
-
-    def record(*args, **kwargs):
-        bars.append(kwargs.get("desc"))
-        return hf_logging.EmptyTqdm(*args, **kwargs)
-
-    monkeypatch.setattr(hf_logging.tqdm_lib, "tqdm", record)
-    hf_logging.enable_progress_bar()
+    with quiet_hub_progress(model):
+        model.save_pretrained(tmp_path / "lm")
+        tok.save_pretrained(str(tmp_path / "lm"))
     load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
-    assert bars == []
-    original = llm_module._quiet_loading
-    monkeypatch.setattr(llm_module, "_quiet_loading", lambda s: original(s, small_bytes=1))  # "big"
+    assert bars == [] and hf_logging.is_progress_bar_enabled()
+    monkeypatch.setattr(loading, "SMALL_CHECKPOINT_BYTES", 1)  # a "big" checkpoint keeps its bar
     load_causal_lm(LLMConfig(name=str(tmp_path / "lm")))
     assert "Loading weights" in bars
+
+
+def test_saving_a_tiny_lm_quietly_draws_no_bar(tok_dir, tmp_path, monkeypatch, bars):
+    """What experiments/pretrain.py does around lm.save_pretrained / tok.save_pretrained."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from medalign_lite.models import loading
+
+    model, tok = load_causal_lm(LLMConfig(tokenizer=tok_dir, **SMALL))
+    model.save_pretrained(tmp_path / "loud")
+    assert "Writing model shards" in bars  # what the recorder sees without the helper
+    bars.clear()
+    with quiet_hub_progress(model):
+        model.save_pretrained(tmp_path / "lm")
+        tok.save_pretrained(str(tmp_path / "lm"))
+    assert bars == []
+    assert hf_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    again, _ = load_causal_lm(LLMConfig(name=str(tmp_path / "lm"), torch_dtype="float32"))
+    torch.testing.assert_close(again.state_dict(), model.state_dict())
+    monkeypatch.setattr(loading, "SMALL_CHECKPOINT_BYTES", 1)  # big models keep their bar
+    with quiet_hub_progress(model):
+        model.save_pretrained(tmp_path / "big")
+    assert "Writing model shards" in bars
 
 
 def test_missing_model_error_line():

@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from medalign_lite.models import loading
 from medalign_lite.models.loading import (
     ModelNotAvailable,
+    checkpoint_nbytes,
     downloads_allowed,
     load_state_dict,
     minilm_path,
     parse_dtype,
+    quiet_hub_progress,
     resolve_pretrained,
 )
 
@@ -87,3 +90,61 @@ def test_parse_dtype():
     assert parse_dtype("auto") == "auto"
     with pytest.raises(ValueError):
         parse_dtype("float13")
+
+
+def _bar_state() -> tuple[bool, bool, bool]:
+    """(transformers bars on, huggingface_hub global bars off, hub group 'medalign.test' off)."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    return (hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled(),
+            hub_utils.are_progress_bars_disabled("medalign.test"))
+
+
+def test_checkpoint_nbytes(tmp_path):
+    from safetensors.torch import save_file
+
+    layer = torch.nn.Linear(4, 3)  # 12 + 3 float32
+    assert checkpoint_nbytes(layer) == 15 * 4
+    save_file(layer.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{}" * 1000)  # not weights
+    size = (tmp_path / "model.safetensors").stat().st_size
+    assert checkpoint_nbytes(tmp_path) == checkpoint_nbytes(tmp_path / "model.safetensors") == size
+    assert checkpoint_nbytes("some-org/some-model") is None  # a Hub id: unknown
+
+
+def test_quiet_hub_progress_switches_bars_off_for_small_sources_and_restores_them(bars):
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    hub_utils.disable_progress_bars("medalign.test")  # a group setting of someone else's
+    before = _bar_state()
+    assert before == (True, False, True)
+    small = torch.nn.Linear(2, 2)
+    for source in (small, None):  # None: the caller vouches the source is small
+        with quiet_hub_progress(source) as quiet:
+            assert quiet and _bar_state()[:2] == (False, True)
+            with quiet_hub_progress(small) as inner:  # nested: left alone
+                assert not inner and _bar_state()[:2] == (False, True)
+            assert _bar_state()[:2] == (False, True)
+        assert _bar_state() == before
+    with quiet_hub_progress(small, small_bytes=1) as quiet:  # "big": bars stay
+        assert not quiet and _bar_state() == before
+    with quiet_hub_progress("some-org/some-model") as quiet:  # size unknown: bars stay
+        assert not quiet and _bar_state() == before
+    with pytest.raises(RuntimeError), quiet_hub_progress(small):
+        raise RuntimeError("load failed")
+    assert _bar_state() == before
+    hf_logging.disable_progress_bar()  # bars already off: stay off
+    with quiet_hub_progress(small) as quiet:
+        assert not quiet
+    assert _bar_state()[:2] == (False, True)
+
+
+def test_the_size_limit_is_read_at_call_time(monkeypatch, bars):
+    small = torch.nn.Linear(2, 2)
+    with quiet_hub_progress(small) as quiet:
+        assert quiet
+    monkeypatch.setattr(loading, "SMALL_CHECKPOINT_BYTES", 1)
+    with quiet_hub_progress(small) as quiet:
+        assert not quiet

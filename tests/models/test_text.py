@@ -140,6 +140,21 @@ def test_minilm_default_offline_real_embeddings():
     assert f.words[0] == ["There", "is", "a", "small", "left", "pleural", "effusion", "."]
 
 
+def test_building_minilm_draws_no_progress_bar(monkeypatch, bars):
+    """Under papermill (TQDM_DISABLE unset) the 87 MiB MiniLM load drew a "Loading weights" bar."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from medalign_lite.models import loading
+
+    build_text_encoder()
+    assert bars == []
+    assert hf_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    monkeypatch.setattr(loading, "SMALL_CHECKPOINT_BYTES", 1)  # a "big" encoder keeps its bar
+    build_text_encoder()
+    assert "Loading weights" in bars
+
+
 def test_missing_model_is_one_clear_line():
     with pytest.raises(ModelNotAvailable) as err:
         build_text_encoder(TextConfig(name="medalign-test-org/no-such-bert"))

@@ -122,6 +122,25 @@ def test_weights_from_local_files(tmp_path):
         torch.testing.assert_close(again(x).patches, tiny(x).patches)
 
 
+def test_loading_a_tiny_local_vision_model_draws_no_progress_bar(tmp_path, monkeypatch, bars):
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from medalign_lite.models import loading
+    from medalign_lite.models.loading import quiet_hub_progress
+
+    model = build_image_encoder(VisionConfig("hf:x", hf_config=TINY_DINO, image_size=56)).backbone
+    with quiet_hub_progress(model):
+        model.save_pretrained(tmp_path / "dino")
+    cfg = VisionConfig(str(tmp_path / "dino"), pretrained=True, image_size=56)
+    enc = build_image_encoder(cfg)
+    assert bars == [] and type(enc.backbone).__name__ == "Dinov2Model"
+    assert hf_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    monkeypatch.setattr(loading, "SMALL_CHECKPOINT_BYTES", 1)  # a "big" tower keeps its bar
+    build_image_encoder(cfg)
+    assert "Loading weights" in bars
+
+
 def test_explicit_errors():
     with pytest.raises(ModelNotAvailable, match="medalign-test-org/no-vision"):
         build_image_encoder(VisionConfig("hf:medalign-test-org/no-vision", pretrained=True))
