@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--out", required=True)
     lab.set_defaults(func=_label)
 
+    m = sub.add_parser("methods", help="the registered methods: name, kind, paper, packaged configs")
+    m.add_argument("--kind", choices=["dual_encoder", "report_generator"], default=None)
+    m.set_defaults(func=_methods)
+
     bench = sub.add_parser("bench", help="speed and memory benchmarks").add_subparsers(
         dest="bench_command", required=True)
     g = bench.add_parser("gloria", help="GLoRIA's batched local loss at paper shapes, growth with B")
@@ -249,6 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="last line: the result as JSON")
     s.set_defaults(func=_bench_s2d_generate)
     return p
+
+
+def _methods(args) -> int:
+    from .config import available_configs
+    from .methods import get_method, list_methods
+
+    configs = set(available_configs())
+    for name in list_methods(args.kind):
+        spec = get_method(name)
+        scales = [c for c in (spec.config_name("tiny"), spec.config_name("full")) if c in configs]
+        where = f"{spec.module.__module__}.{spec.module.__name__}"
+        print(f"{name:<8} {spec.kind:<17} {where:<40} {', '.join(scales) or '-':<27} {spec.paper}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,13 @@
-"""Small pieces every method uses: InfoNCE, masked reductions and softmax, cross-attention.
+"""Small pieces every method uses: InfoNCE, masked reductions and softmax, cross-attention,
+freezing a pretrained module.
 
 Shapes use named dims: B batch, T tokens, P patches, D width. Masks are bool, True = valid.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 NEG_INF = -1e4  # large-negative fill that stays finite in fp16/bf16 after scaling
 
@@ -89,3 +90,17 @@ class CrossAttention(nn.Module):
             attn = logits.softmax(-1)
         u = (self.dropout(attn) @ v).transpose(1, 2).reshape(b, q_len, -1)
         return self.out(u), attn
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """``requires_grad=False`` on every parameter and ``eval()`` (BatchNorm uses its running
+    statistics, dropout is off); returns ``module``.
+
+    A parent's ``.train()`` switches the children back to training mode, and a BatchNorm in
+    training mode updates its running statistics even without gradients: a model holding a
+    frozen encoder must call ``freeze`` (or ``encoder.eval()``) again in its own ``train``.
+    """
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+

@@ -253,7 +253,7 @@ def threshold_curves(histories: dict[str, Sequence[dict]], keys: Sequence[str] =
 def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"), chance: float | None = None,
                   title: str = "ablations") -> plt.Figure:
     """Grouped bars of ``<key> mean`` with ``<key> std`` error bars, one group per variant
-    (a :func:`~medalign_lite.recipes.summarize_runs` table)."""
+    (a :func:`~medalign_lite.experiments.variants.summary_table` table)."""
     variants = list(table.index)
     x = np.arange(len(variants))
     width = 0.8 / max(1, len(keys))

@@ -29,3 +29,15 @@ def test_label_command_missing_column_is_one_line(tmp_path, capsys):
 def test_build_unknown_reports_root_use(tmp_path, capsys):
     assert main(["data", "build", "rsna", "--out", str(tmp_path), "--reports-root", "x"]) == 2
     assert "mimic-cxr only" in capsys.readouterr().err
+
+
+def test_methods_command_lists_the_registry(capsys):
+    from medalign_lite.cli import main
+    from medalign_lite.methods import list_methods
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list_methods()
+    assert any("s2d_tiny, s2d_full" in ln and "report_generator" in ln for ln in lines)
+    assert main(["methods", "--kind", "report_generator"]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.strip().splitlines()] == ["s2d"]

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..data.findings import CHEXPERT_LABELS
+from .bootstrap import paired_bootstrap
 
 __all__ = ["CHEXPERT_5", "LABELER", "POLICIES", "binarize", "ce_bootstrap_diff", "ce_from_texts", "ce_metrics"]
 
@@ -173,27 +174,36 @@ def ce_bootstrap_diff(ref_labels, hyp_a, hyp_b, average: str = "micro", uncertai
     """
     if average not in ("micro", "macro"):
         raise ValueError(f"average must be 'micro' or 'macro', got {average!r}")
-    if n_boot < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need n_boot >= 1 and 0 < confidence < 1, got {n_boot} and {confidence}")
-    cols = [CHEXPERT_LABELS.index(o) for o in observations]
-    ref = binarize(ref_labels, uncertain)[:, cols]
-    a, b = (binarize(h, uncertain)[:, cols] for h in (hyp_a, hyp_b))
+    ref = ce_counts(ref_labels, ref_labels, uncertain, observations)  # shape check of the references
+    a, b = ce_counts(ref_labels, hyp_a, uncertain, observations), ce_counts(ref_labels, hyp_b, uncertain, observations)
     if not ref.shape == a.shape == b.shape:
         raise ValueError(f"label matrices differ in shape: {ref.shape}, {a.shape}, {b.shape}")
-    n = ref.shape[0]
-    if n == 0:
+    if a.shape[0] == 0:
         raise ValueError("ce_bootstrap_diff: no reports")
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)    # (n_boot, N)
-    w = np.vstack([np.ones((1, n)), w])                                         # row 0: as given
+    out = paired_bootstrap(a[None], b[None], micro_f1 if average == "micro" else macro_f1, n_boot, confidence, seed)
+    out.pop("per_seed")
+    return {"average": average, **out}
 
-    def f1(h: np.ndarray) -> np.ndarray:
-        tp, fp, fn = (w @ m.astype(float) for m in (ref & h, ~ref & h, ref & ~h))   # (1 + n_boot, C)
-        if average == "micro":
-            return _prf(tp.sum(1), fp.sum(1), fn.sum(1))[2]
-        return _prf(tp, fp, fn)[2].mean(1)
 
-    d = f1(a) - f1(b)
-    lo, hi = np.quantile(d[1:], [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {"average": average, "diff": float(d[0]), "low": float(lo), "high": float(hi),
-            "p_a_not_better": float((d[1:] <= 0).mean()), "n": int(n), "n_boot": int(n_boot)}
+def ce_counts(ref_labels, hyp_labels, uncertain: str = "zero", observations: Sequence[str] = CHEXPERT_LABELS
+              ) -> np.ndarray:
+    """(N, 3, C) per-report TP, FP, FN of each observation: the per-item contributions whose
+    sums give every CE F1 (:func:`micro_f1`, :func:`macro_f1`), for
+    :func:`~medalign_lite.eval.bootstrap.paired_bootstrap`."""
+    cols = [CHEXPERT_LABELS.index(o) for o in observations]
+    ref = binarize(ref_labels, uncertain)[:, cols]
+    hyp = binarize(hyp_labels, uncertain)[:, cols]
+    if ref.shape != hyp.shape:
+        raise ValueError(f"label matrices differ in shape: {ref.shape} and {hyp.shape}")
+    return np.stack([ref & hyp, ~ref & hyp, ref & ~hyp], axis=1).astype(float)
+
+
+def micro_f1(sums: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Micro F1 from summed :func:`ce_counts` (…, 3, C): counts pooled over observations."""
+    tp, fp, fn = (sums[..., k, :].sum(-1) for k in range(3))
+    return _prf(tp, fp, fn)[2]
+
+
+def macro_f1(sums: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Macro F1 from summed :func:`ce_counts` (…, 3, C): the mean of the observations' F1."""
+    return _prf(sums[..., 0, :], sums[..., 1, :], sums[..., 2, :])[2].mean(-1)

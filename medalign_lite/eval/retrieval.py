@@ -140,6 +140,26 @@ def precision_at_k(similarity: torch.Tensor, query_labels: Labels, gallery_label
     return {k: float(cum[k - 1] / (n_q * k)) for k in ks}
 
 
+def precision_at_k_per_query(similarity: torch.Tensor, query_labels: Labels, gallery_labels: Labels, k: int,
+                              chunk_size: int | None = None) -> torch.Tensor:
+    """(Q,) float64: each query's share of its top-K gallery items with its class, so that
+    the mean is :func:`precision_at_k`'s P@K (same tie-stable ranking). The per-item scores a
+    paired bootstrap over queries needs (:mod:`medalign_lite.experiments.claims`)."""
+    sim = _check_similarity(similarity)
+    n_q, n_g = sim.shape
+    (k,) = _check_ks((k,), n_g)
+    q_codes, g_codes = encode_labels(query_labels, gallery_labels)
+    if len(q_codes) != n_q or len(g_codes) != n_g:
+        raise ValueError(f"labels ({len(q_codes)}, {len(g_codes)}) do not match similarity {(n_q, n_g)}")
+    g_codes, q_codes = g_codes.to(sim.device), q_codes.to(sim.device)
+    step = _chunk_size(n_g, chunk_size)
+    out = []
+    for start in range(0, n_q, step):  # chunks of queries, not queries
+        top = _stable_top_k(sim[start:start + step], k)                           # (q, K)
+        out.append((g_codes[top] == q_codes[start:start + step, None]).double().mean(1).cpu())
+    return torch.cat(out)
+
+
 def first_positive_rank(similarity: torch.Tensor, positives: torch.Tensor | None = None,
                         chunk_size: int | None = None) -> torch.Tensor:
     """0-based rank of each query's best-ranked positive in the whole gallery.

@@ -1,38 +1,36 @@
-"""Experiment recipes the notebooks call: build a contrastive model, train it on a manifest,
-embed a dataset, and evaluate retrieval and phrase grounding.
+"""Contrastive runs: build a dual encoder, train it on a manifest, embed a dataset, and
+evaluate retrieval and phrase grounding.
 
 Each function is one step a notebook shows; together they keep the notebooks thin (DESIGN.md:
-narrative, one library call, one figure). Nothing here is method-specific beyond the name →
-class table, so AGA and ALTA plug in the same way.
+narrative, one library call, one figure). Methods come from the registry
+(:func:`medalign_lite.methods.get_method`), so ConVIRT, GLoRIA, AGA and ALTA plug in the same
+way. A run's settings are one :class:`AlignmentRecipe`, read from the method's config file
+(``configs/<method>_<scale>.yaml``) with ``section.key=value`` overrides by
+:func:`recipe_from_config`.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data.dataset import Collate, ManifestDataset
-from .eval.grounding import mask_auroc, pointing_game
-from .eval.retrieval import retrieval_report
-from .models.text import TextConfig, build_text_encoder
-from .models.vision import VisionConfig, build_image_encoder
-from .nn import l2norm
-from .train import Stage, TrainConfig, Trainer, TrainResult
-from .utils import quiet_progress
-
-
-def _methods() -> dict[str, tuple[type, type]]:
-    from .methods.aga import AGA, AGAConfig
-    from .methods.baselines import ConVIRT, ConVIRTConfig, GLoRIA, GLoRIAConfig
-
-    return {"convirt": (ConVIRT, ConVIRTConfig), "gloria": (GLoRIA, GLoRIAConfig),
-            "aga": (AGA, AGAConfig)}
+from ..config import ConfigError, config_path, load_config, read_yaml, split_overrides
+from ..data.dataset import Collate, ManifestDataset
+from ..eval.grounding import mask_auroc, pointing_game
+from ..eval.retrieval import precision_at_k_per_query, retrieval_report
+from ..methods import get_method
+from ..models.text import TextConfig, build_text_encoder
+from ..models.vision import VisionConfig, build_image_encoder
+from ..nn import l2norm
+from ..train import Stage, TrainConfig, Trainer, TrainResult
+from ..utils import module_device, quiet_progress
 
 
 @dataclass
@@ -88,14 +86,71 @@ def recipe_trainable(recipe: AlignmentRecipe) -> list[str]:
     return default_trainable(recipe.method, recipe.method_options, text=not recipe.cache_text)
 
 
+@dataclass
+class DataOptions:
+    """The ``data:`` section of a contrastive config: what a run reads from the manifest.
+
+    Attributes:
+        text_columns: manifest columns joined into the report text (IU's own free text
+            ``findings, impression``; the report writer's ``written_*``; ``structured_*``).
+        augment: random crop/affine/jitter while training (False: the eval transform, and the
+            training set can stay in memory).
+        cache_text: freeze the text encoder whole and memoise its features.
+    """
+
+    text_columns: tuple[str, ...] = ("findings", "impression")
+    augment: bool = True
+    cache_text: bool = False
+
+
+def recipe_from_config(config: str | Path, overrides: Sequence[str] = (), *, seed: int = 0,
+                       device: str = "auto") -> AlignmentRecipe:
+    """An :class:`AlignmentRecipe` from a contrastive method's config file and overrides.
+
+    The file (``configs/<method>_<scale>.yaml`` or a path) names its ``method`` (a registered
+    dual encoder) and has the sections ``model`` (the method's config dataclass:
+    ``embed_dim``, τ, the ablation switches), ``vision`` (:class:`VisionConfig`; its
+    ``image_size`` is the run's), ``text`` (:class:`TextConfig`), ``train`` (a one-stage
+    :class:`~medalign_lite.train.TrainConfig`: batch size, and the stage's epochs, lr, warm-up,
+    ``max_steps`` and, if written, ``trainable``; without it :func:`default_trainable` decides)
+    and ``data`` (:class:`DataOptions`). ``overrides`` are ``section.key=value`` strings
+    (``"model.use_bcga=false"``, ``"train.stages.0.lr=1e-3"``, ``"vision.image_size=96"``);
+    every key is checked against its dataclass.
+    """
+    path = config_path(config)
+    raw = read_yaml(path)
+    if "method" not in raw:
+        raise ConfigError(f"{path}: no 'method' key (the registered method this file configures)")
+    spec = get_method(str(raw["method"]))
+    per = split_overrides(overrides, ("model", "vision", "text", "train", "data"))
+    model = load_config(spec.config, path, per["model"], section="model")
+    vision = load_config(VisionConfig, path, per["vision"], section="vision")
+    text = load_config(TextConfig, path, per["text"], section="text")
+    train = load_config(TrainConfig, path, per["train"], section="train")
+    data = load_config(DataOptions, path, per["data"], section="data")
+    if len(train.stages) != 1:
+        raise ConfigError(f"{path}: a contrastive run has one training stage, got {len(train.stages)}")
+    stage = train.stages[0]
+    stage_raw = ((raw.get("train") or {}).get("stages") or [{}])[0]
+    trainable_given = "trainable" in stage_raw or any(o.startswith("train.stages.0.trainable") for o in overrides)
+    defaults = asdict(spec.config())
+    options = {k: v for k, v in asdict(model).items() if k != "embed_dim" and v != defaults[k]}
+    return AlignmentRecipe(method=spec.name, vision=vision, text=text, embed_dim=model.embed_dim,
+                           image_size=vision.image_size, batch_size=train.batch_size, epochs=stage.epochs, lr=stage.lr,
+                           max_steps=stage.max_steps, warmup_ratio=stage.warmup_ratio,
+                           trainable=list(stage.trainable) if trainable_given else None,
+                           text_columns=tuple(data.text_columns), seed=seed, device=device, method_options=options,
+                           augment=data.augment, cache_text=data.cache_text)
+
+
 def build_model(recipe: AlignmentRecipe, text_encoder: nn.Module | None = None) -> nn.Module:
     """The recipe's method around fresh encoders (seeded). ``text_encoder``: reuse this one
     instead of loading a new one (only with ``cache_text``: a frozen encoder and its feature
     cache can serve every run of an ablation)."""
-    table = _methods()
-    if recipe.method not in table:
-        raise ValueError(f"unknown method {recipe.method!r}; choose one of {', '.join(table)}")
-    cls, cfg_cls = table[recipe.method]
+    spec = get_method(recipe.method)
+    if not spec.dual_encoder:
+        raise ValueError(f"{recipe.method!r} is a {spec.kind.replace('_', ' ')}, not a dual encoder")
+    cls, cfg_cls = spec.module, spec.config
     torch.manual_seed(recipe.seed)
     vision = build_image_encoder(VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size}))
     if text_encoder is not None and not recipe.cache_text:
@@ -130,12 +185,6 @@ def train_alignment(model: nn.Module, manifest: str | Path, recipe: AlignmentRec
     return Trainer(model, ds, cfg, collate_fn=Collate(model.tokenize), eval_fn=eval_fn).fit(resume=resume)
 
 
-def _device(model: nn.Module) -> torch.device:
-    from .utils import module_device
-
-    return module_device(model)
-
-
 @torch.no_grad()
 def embed(model: nn.Module, dataset: ManifestDataset, batch_size: int = 64, local: bool = False) -> dict:
     """Global (and with ``local`` the patch/word) embeddings of a whole dataset.
@@ -144,7 +193,7 @@ def embed(model: nn.Module, dataset: ManifestDataset, batch_size: int = 64, loca
     ``patches`` (N, P, d), ``grid``, and the batches' word embeddings as lists (lengths vary).
     """
     model.eval()
-    dev = _device(model)
+    dev = module_device(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collate(model.tokenize))
     img, txt, patches, words, word_masks, grid = [], [], [], [], [], None
     for batch in quiet_progress(loader, desc="embed"):
@@ -168,11 +217,19 @@ def retrieval_eval(model: nn.Module, manifest: str | Path, image_size: int, ks: 
                    dataset: ManifestDataset | None = None) -> dict:
     """Class-based P@K and instance R@K, both directions, over the whole gallery (Phantom-5×200
     or CheXpert 5×200: the class is the study's one positive observation). ``dataset``: a
-    prepared gallery (e.g. ``ManifestDataset(manifest, split=None, cache=True)``) to reuse."""
+    prepared gallery (e.g. ``ManifestDataset(manifest, split=None, cache=True)``) to reuse.
+
+    Besides :func:`~medalign_lite.eval.retrieval.retrieval_report`'s numbers, ``"per_query"``
+    holds ``{"i2t_P@K": (N,) float64 array, "t2i_P@K": ...}``, each query's precision (its mean
+    is the P@K), for the paired bootstrap of :mod:`medalign_lite.experiments.claims`."""
     ds = dataset if dataset is not None else ManifestDataset(manifest, split=None, image_size=image_size)
     e = embed(model, ds, batch_size)
     labels = ds.df[label_column].tolist()
-    return retrieval_report(e["image"], e["text"], labels, ks=tuple(ks))
+    out: dict = retrieval_report(e["image"], e["text"], labels, ks=tuple(ks))
+    sim = F.normalize(e["image"].float(), dim=-1) @ F.normalize(e["text"].float(), dim=-1).T  # as retrieval_report
+    out["per_query"] = {f"{name}_P@{k}": precision_at_k_per_query(s, labels, labels, k).numpy()
+                        for name, s in (("i2t", sim), ("t2i", sim.T.contiguous())) for k in ks if k <= len(labels)}
+    return out
 
 
 def phrase_word_mask(word_spans: Sequence[tuple[int, int]], start: int, end: int) -> np.ndarray:
@@ -196,7 +253,7 @@ def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, spli
         ds.df = ds.df.iloc[:limit].reset_index(drop=True)
         ds.texts, ds.labels = ds.texts[:limit], ds.labels[:limit]
     model.eval()
-    dev = _device(model)
+    dev = module_device(model)
     maps, masks, kinds, study = [], [], [], []
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=Collate())
     row = 0
@@ -240,72 +297,3 @@ def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, spli
                           "mask_auroc": float(np.nanmean(per_item[idx])) if np.isfinite(per_item[idx]).any() else float("nan")}
     return {"n_phrases": len(maps), "pointing_game": float(pg["accuracy"]), "mask_auroc": float(au["mean"]),
             "per_kind": per_kind, "maps": sim, "masks": m, "kinds": kinds, "study_ids": study, "grid": grid}
-
-
-# --- ablations ----------------------------------------------------------------------------
-@dataclass
-class RunResult:
-    """One trained variant: its recipe, model, training history and retrieval scores."""
-
-    name: str
-    seed: int
-    recipe: AlignmentRecipe
-    model: nn.Module | None
-    history: list[dict]
-    retrieval: dict
-    seconds: float
-
-
-def run_variants(variants: dict[str, AlignmentRecipe], seeds: Sequence[int], manifest: str | Path,
-                 gallery_manifest: str | Path, output_dir: str | Path,
-                 train_dataset: ManifestDataset | None = None, gallery_dataset: ManifestDataset | None = None,
-                 keep_models: Sequence[int] = (0,), on_result: Callable[[RunResult], None] | None = None,
-                 ks: Sequence[int] = (1, 5, 10), text_encoders: dict[str, nn.Module] | None = None
-                 ) -> list[RunResult]:
-    """Train every variant once per seed and score it on the gallery, one run after the other.
-
-    ``variants`` maps a name to a recipe (its ``seed`` is replaced by each of ``seeds``).
-    Models of the seeds in ``keep_models`` are returned for plotting; the others are dropped
-    after scoring to keep memory flat. Runs write under ``output_dir/<name>_s<seed>``.
-    Recipes with ``cache_text`` and the same text config share one frozen text encoder, so
-    each report is encoded once for the whole grid; pass the same ``text_encoders`` dict to
-    several calls to share them across calls too (it is filled in place).
-    """
-    import time
-
-    out = []
-    shared: dict[str, nn.Module] = text_encoders if text_encoders is not None else {}
-    for seed in seeds:
-        for name, recipe in variants.items():
-            r = replace(recipe, seed=seed)
-            t0 = time.perf_counter()
-            text = None
-            if r.cache_text:
-                key = repr(r.text)
-                if key not in shared:
-                    shared[key] = build_text_encoder(r.text)
-                text = shared[key]
-            model = build_model(r, text_encoder=text)
-            res = train_alignment(model, manifest, r, Path(output_dir) / f"{name}_s{seed}", dataset=train_dataset)
-            scores = retrieval_eval(model, gallery_manifest, r.image_size, ks=ks, dataset=gallery_dataset)
-            result = RunResult(name, seed, r, model if seed in keep_models else None, res.history, scores,
-                               time.perf_counter() - t0)
-            out.append(result)
-            if on_result is not None:
-                on_result(result)
-    return out
-
-
-def summarize_runs(results: Sequence[RunResult], keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10", "t2i_P@5")):
-    """A DataFrame with one row per variant: mean and std over seeds of each retrieval key,
-    and the number of seeds (``n``). Std is the sample std (ddof 1; NaN for one seed)."""
-    import pandas as pd
-
-    rows = [{"variant": r.name, "seed": r.seed, **{k: r.retrieval[k] for k in keys}} for r in results]
-    df = pd.DataFrame(rows)
-    order = list(dict.fromkeys(df["variant"]))
-    g = df.groupby("variant", sort=False)[list(keys)]
-    table = g.mean().add_suffix(" mean").join(g.std(ddof=1).add_suffix(" std"))
-    table["n"] = g.size()
-    cols = [c for k in keys for c in (f"{k} mean", f"{k} std")] + ["n"]
-    return table.loc[order, cols]

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import NEG_INF, CrossAttention, info_nce, l2norm
+from . import register_method
 from .dual import DualEncoder
 
 
@@ -456,6 +457,7 @@ class AGAHead(nn.Module):
 
 
 # --- the model -----------------------------------------------------------------------------
+@register_method("aga", config=AGAConfig, kind="dual_encoder", paper="AGA (Li et al., 2025)")
 class AGA(DualEncoder):
     """AGA on a dual encoder: ``forward(batch)`` → :class:`AGAHead`'s dict (loss, parts,
     thresholds, group statistics, maps). ``encode_image`` / ``encode_text`` (global, for

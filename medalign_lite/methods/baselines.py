@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..nn import info_nce, l2norm, masked_logsumexp, masked_softmax
+from . import register_method
 from .dual import DualEncoder
 
 
@@ -42,6 +43,7 @@ class ConVIRTConfig:
     proj: str = "mlp"          # ConVIRT's non-linear heads
 
 
+@register_method("convirt", config=ConVIRTConfig, kind="dual_encoder", paper="ConVIRT (Zhang et al., 2020)")
 class ConVIRT(DualEncoder):
     """Global image–report InfoNCE (``forward(batch)`` → loss, loss_i2t, loss_t2i)."""
 
@@ -121,6 +123,7 @@ def gloria_global_loss(img: torch.Tensor, txt: torch.Tensor, temp3: float = 10.0
     return F.cross_entropy(logits, target), F.cross_entropy(logits.t(), target)
 
 
+@register_method("gloria", config=GLoRIAConfig, kind="dual_encoder", paper="GLoRIA (Huang et al., 2021)")
 class GLoRIA(DualEncoder):
     """GLoRIA: ``forward(batch)`` → loss, its four parts, and the matched pairs' word→region
     attention ``attn`` (B, T, P) for plots."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..models.features import ImageFeatures, TextFeatures
 from ..nn import l2norm

@@ -81,16 +81,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.generation import (  # re-exported: the generation plumbing lived here before
-    SharedPromptBeamLayer,
-    attention_implementation,
-    generate_from_embeds,
-    merged_lora,
-    share_prompt_cache,
-)
+from ..models.generation import generate_from_embeds
 from ..models.llm import LLMConfig, apply_lora
 from ..nn import CrossAttention
 from ..text.phrases import extract_phrases
+from . import register_method
 
 #: Auxiliary soft-token groups that training may add after the image's, in their order.
 AUX_GROUPS: tuple[str, ...] = ("reference", "key_phrases")
@@ -253,6 +248,8 @@ class S2DInputs:
 
 
 # --- the model -----------------------------------------------------------------------------
+@register_method("s2d", config=S2DConfig, kind="report_generator",
+                 paper="S2D-ALIGN (arXiv 2511.11066, AAAI 2026)")
 class S2D(nn.Module):
     """S2D-ALIGN: frozen image encoder → SMA_v (and SMA_t, SMA_p in training) → LM with LoRA.
 
@@ -536,11 +533,7 @@ __all__ = [
     "MLPProjector",
     "S2DConfig",
     "S2DInputs",
-    "SharedPromptBeamLayer",
-    "attention_implementation",
     "build_s2d",
     "causal_lm_loss",
-    "merged_lora",
     "mlp",
-    "share_prompt_cache",
 ]

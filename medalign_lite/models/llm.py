@@ -89,7 +89,8 @@ class LLMConfig:
 
 
 def _tiny_tokenizer(cfg: LLMConfig):
-    from medalign_lite.text.tokenizer import load_word_tokenizer, report_tokenizer
+    from medalign_lite.data.iu_xray import report_tokenizer
+    from medalign_lite.text.tokenizer import load_word_tokenizer
 
     if cfg.tokenizer is not None:
         return load_word_tokenizer(resolve_pretrained(cfg.tokenizer))

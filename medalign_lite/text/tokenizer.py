@@ -116,24 +116,10 @@ def cached_word_tokenizer(corpus: Sequence[str], name: str, cache_dir: str | os.
     return load_word_tokenizer(folder)
 
 
-def report_tokenizer(cache_dir: str | os.PathLike | None = None, vocab_size: int = 2000,
-                     min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Moved to ``data/iu_xray.py`` (``report_tokenizer``): the IU report corpus is data.
-
-    Kept only because ``models/llm.py`` still imports it from here; the one import of ``data``
-    left in ``text`` (``tests/text/test_imports.py`` allows exactly this one). Remove both when
-    ``models/llm.py`` imports the data one.
-    """
-    from ..data.iu_xray import report_tokenizer as iu_report_tokenizer
-
-    return iu_report_tokenizer(cache_dir, vocab_size=vocab_size, min_frequency=min_frequency)
-
-
 __all__ = [
     "SPECIAL_TOKENS",
     "cached_word_tokenizer",
     "load_word_tokenizer",
-    "report_tokenizer",
     "save_word_tokenizer",
     "train_word_tokenizer",
 ]

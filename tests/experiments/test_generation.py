@@ -1,4 +1,5 @@
-"""Report-generation helpers: baselines, scoring, the cached frozen vision encoder."""
+"""Report generation around any generator (baselines, scoring) and the cached stand-ins
+(the frozen aligned vision encoder, the tiny report LM)."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,18 @@ import torch
 matplotlib.use("Agg")
 
 from medalign_lite.data.findings import CHEXPERT_LABELS
-from medalign_lite.reportgen import (
-    default_encoder_recipe,
-    encoder_cache_key,
+from medalign_lite.experiments.generation import (
     image_features,
     majority_report,
     nearest_neighbour_reports,
-    pretrained_vision_encoder,
     score_key_order,
     score_reports,
+)
+from medalign_lite.experiments.pretrain import (
+    code_fingerprint,
+    default_encoder_recipe,
+    encoder_cache_key,
+    pretrained_vision_encoder,
 )
 
 REPORTS = [
@@ -163,8 +167,8 @@ def manifest_path(tiny_manifest):
 
 
 def test_pretrained_vision_encoder_trains_once_then_loads_from_cache(manifest_path, tmp_path, monkeypatch):
-    from medalign_lite import recipes
     from medalign_lite.data.dataset import ManifestDataset
+    from medalign_lite.experiments import contrastive as recipes
 
     cache = tmp_path / "cache"
     recipe = _tiny_recipe()
@@ -205,6 +209,9 @@ def test_pretrained_vision_encoder_trains_once_then_loads_from_cache(manifest_pa
     # another recipe is another cache entry (and would train)
     assert encoder_cache_key(manifest_path, _tiny_recipe(lr=1e-4)) != key
     assert encoder_cache_key(manifest_path, _tiny_recipe(device="cuda")) == key
+    # a CPU's float reductions depend on the thread count: another count is another entry
+    assert encoder_cache_key(manifest_path, recipe, threads=torch.get_num_threads() + 1) != key
+    assert meta["code"] == code_fingerprint()
     with pytest.raises(AssertionError, match="must not train"):
         pretrained_vision_encoder(manifest_path, _tiny_recipe(seed=1), cache_dir=cache)
 
@@ -220,14 +227,15 @@ def test_cache_key_follows_manifest_content(manifest_path):
 
 
 def test_pretrain_report_lm_learns_caches_and_loads(tmp_path):
+    from medalign_lite.experiments.pretrain import pretrain_report_lm
     from medalign_lite.models.llm import LLMConfig, load_causal_lm
-    from medalign_lite.reportgen import pretrain_report_lm
 
     texts = ["the heart is normal . no effusion ."] * 24 + ["small left pleural effusion ."] * 8
     small = LLMConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
     folder = pretrain_report_lm(texts, small, epochs=20, batch_size=8, lr=1e-2, cache_dir=tmp_path)
     info = json.loads((folder / "pretrain.json").read_text())
     assert info["steps"] == 80 and info["final_loss"] < 1.5  # log(vocab) ≈ 7.3 at the start
+    assert info["threads"] == torch.get_num_threads() and info["code"] == code_fingerprint()
     assert pretrain_report_lm(texts, small, epochs=20, batch_size=8, lr=1e-2, cache_dir=tmp_path) == folder
     assert len(list(tmp_path.iterdir())) == 1  # no temporary folder left behind
     model, tok = load_causal_lm(LLMConfig(name=str(folder)))
@@ -237,3 +245,16 @@ def test_pretrain_report_lm_learns_caches_and_loads(tmp_path):
     assert tok.decode([int(nxt)]).strip() == "normal"
     with pytest.raises(ValueError, match="tiny"):
         pretrain_report_lm(texts, LLMConfig(name="lmsys/vicuna-7b-v1.5"), cache_dir=tmp_path)
+
+
+def test_code_fingerprint_ignores_docstrings_and_comments_but_not_code(tmp_path, monkeypatch):
+    import ast
+
+    from medalign_lite.experiments import pretrain
+
+    src = "def f(x):\n    \"\"\"Doc.\"\"\"\n    return x + 1  # note\n"
+    same = "def f(x):\n    \"\"\"Other words.\"\"\"\n    # a comment\n    return x + 1\n"
+    other = "def f(x):\n    return x + 2\n"
+    dump = [ast.dump(pretrain._strip_docstrings(ast.parse(t))) for t in (src, same, other)]
+    assert dump[0] == dump[1] != dump[2]
+    assert len(code_fingerprint()) == 16 and code_fingerprint() == code_fingerprint()

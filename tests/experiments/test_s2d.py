@@ -10,28 +10,30 @@ import torch
 from PIL import Image
 
 from medalign_lite.data.dataset import Collate, ManifestDataset
-from medalign_lite.methods.s2d import S2D, S2DConfig
-from medalign_lite.models.llm import LLMConfig, load_causal_lm
-from medalign_lite.reportgen import encode_dataset
-from medalign_lite.s2d_experiments import (
-    PAPER_CE_F1,
-    PAPER_EPOCHS,
-    PAPER_LRS,
-    VARIANTS,
+from medalign_lite.experiments.generation import (
     PatchItems,
     PrecomputedPatches,
+    encode_dataset,
     generate_reports,
+)
+from medalign_lite.experiments.s2d import (
+    PAPER_CE_F1,
+    VARIANTS,
+    check_curriculum,
     independent_memory_state,
-    run_s2d_variants,
-    shared_prefix,
+    load_s2d_experiment,
     trainable_for,
     variant_model_options,
     variant_stages,
 )
+from medalign_lite.experiments.s2d_runs import run_s2d_variants
+from medalign_lite.experiments.variants import shared_prefix, stage_checkpoints
+from medalign_lite.methods.s2d import S2D, S2DConfig
+from medalign_lite.models.llm import LLMConfig, load_causal_lm
 from medalign_lite.text.tokenizer import save_word_tokenizer, train_word_tokenizer
 from medalign_lite.train import load_weights, trainable_names
 
-from .methods.fakes import FakeImageEncoder
+from ..methods.fakes import FakeImageEncoder
 
 REPORTS = ["The heart is normal in size. No pleural effusion.", "Small left pleural effusion.",
            "The heart is enlarged. The lungs are clear.", "No pneumothorax. The lungs are clear.",
@@ -49,39 +51,49 @@ def _aux(stages):
     return [s.inputs["aux"] for s in stages]
 
 
+PAPER = load_s2d_experiment("s2d_full").train.stages  # the paper's curriculum: 8 / 5 / 3 epochs
+
+
+def _curriculum(epochs=(1, 1, 1), lrs=(1e-2, 5e-3, 2e-3), max_steps=(None, None, None)):
+    """The tutorial config's curriculum with another budget, set by overrides as a notebook does."""
+    over = [f"train.stages.{i}.{k}={v}" for i in range(3)
+            for k, v in (("epochs", epochs[i]), ("lr", lrs[i]), ("max_steps", max_steps[i]))]
+    return load_s2d_experiment("s2d_tiny", [o.replace("=None", "=null") for o in over]).train.stages
+
+
 def test_stage_lists_are_the_papers_table():
-    e, lr = PAPER_EPOCHS, PAPER_LRS
-    assert (e, lr) == ((8, 5, 3), (3e-4, 1e-4, 5e-5)) and set(PAPER_CE_F1) == set(VARIANTS)
-    prog = variant_stages("progressive")
+    e, lr = (8, 5, 3), (3e-4, 1e-4, 5e-5)
+    assert [(s.epochs, s.lr) for s in PAPER] == list(zip(e, lr)) and set(PAPER_CE_F1) == set(VARIANTS)
+    prog = variant_stages("progressive", PAPER)
     assert _aux(prog) == [[], ["reference"], ["reference", "key_phrases"]]
     assert [(s.epochs, s.lr) for s in prog] == list(zip(e, lr))
     assert [s.trainable for s in prog] == [["*memory", "sma_v.*", "*lora_*"],
                                            ["*memory", "sma_v.*", "sma_t.*", "*lora_*"],
                                            ["*memory", "sma_v.*", "sma_t.*", "sma_p.*", "*lora_*"]]  # s2d_tiny.yaml
-    assert variant_stages("without_stage3") == prog[:2]
-    rev = variant_stages("reversed")
+    assert variant_stages("without_stage3", PAPER) == prog[:2]
+    rev = variant_stages("reversed", PAPER)
     assert rev[0] == prog[0] and _aux(rev) == [[], ["key_phrases"], ["key_phrases", "reference"]]
     assert rev[1].trainable == ["*memory", "sma_v.*", "sma_p.*", "*lora_*"]
     assert [(s.epochs, s.lr) for s in rev] == list(zip(e, lr))
-    single = variant_stages("single_stage")
+    single = variant_stages("single_stage", PAPER)
     assert single[0] == prog[0] and _aux(single) == [[], [], []] and sum(s.epochs for s in single) == 16
     assert all(s.trainable == prog[0].trainable for s in single)
-    (joint,) = variant_stages("joint")
+    (joint,) = variant_stages("joint", PAPER)
     assert joint.inputs["aux"] == ["reference", "key_phrases"] and joint.epochs == 16 and joint.lr == 3e-4
     assert joint.trainable == prog[2].trainable
-    assert variant_stages("independent_memory") == prog
+    assert variant_stages("independent_memory", PAPER) == prog
     assert variant_model_options("independent_memory") == {"shared_memory": False}
-    mlp = variant_stages("mlp_projector")
+    mlp = variant_stages("mlp_projector", PAPER)
     assert _aux(mlp) == _aux(prog) and not any("*memory" in s.trainable for s in mlp)
     assert variant_model_options("mlp_projector") == {"projector": "mlp"} and variant_model_options("progressive") == {}
-    # a custom budget and caps
-    tiny = variant_stages("progressive", (2, 1, 1), (1e-3, 3e-4, 1e-4), max_steps=[5, None, 3])
+    # a custom budget and caps, from config overrides
+    tiny = variant_stages("progressive", _curriculum((2, 1, 1), (1e-3, 3e-4, 1e-4), (5, None, 3)))
     assert [(s.epochs, s.lr, s.max_steps) for s in tiny] == [(2, 1e-3, 5), (1, 3e-4, None), (1, 1e-4, 3)]
-    assert variant_stages("joint", (2, 1, 1), max_steps=4)[0].max_steps == 12
-    assert shared_prefix(prog, rev) == 1 and shared_prefix(prog, variant_stages("without_stage3")) == 2
+    assert variant_stages("joint", _curriculum((2, 1, 1), max_steps=(4, 4, 4)))[0].max_steps == 12
+    assert shared_prefix(prog, rev) == 1 and shared_prefix(prog, variant_stages("without_stage3", PAPER)) == 2
     assert shared_prefix(prog, [joint]) == 0
     with pytest.raises(ValueError, match="unknown S2D variant"):
-        variant_stages("curriculum")
+        variant_stages("curriculum", PAPER)
     with pytest.raises(ValueError, match="unknown auxiliary"):
         trainable_for(["priors"])
 
@@ -108,7 +120,7 @@ def _model(tok_dir, seed=0, **options) -> S2D:
 def test_every_trainable_glob_names_parameters_of_its_model(tok_dir):
     for v in VARIANTS:
         m = _model(tok_dir, **variant_model_options(v))
-        for s in variant_stages(v):
+        for s in variant_stages(v, PAPER):
             names = trainable_names(m, s.trainable, s.name)  # raises on a glob that matches nothing
             assert any("lora_" in n for n in names) and not any(n.startswith("vision.") for n in names)
             assert not any(n.startswith("lm.") and "lora_" not in n for n in names)
@@ -164,20 +176,18 @@ def manifest(tmp_path_factory):
     return write_manifest(pd.DataFrame(rows), root / "manifest.csv")
 
 
-def _run(manifest, tok_dir, tmp_path, variants, reuse=True, seeds=(0,), workers=1):
+def _run(manifest, tok_dir, tmp_path, variants, reuse=True, seeds=(0,), workers=1, threads=None):
     tr = ManifestDataset(manifest, split="train", prior_report=True, image_size=16)
     ev = ManifestDataset(manifest, split="test", prior_report=True, image_size=16)
     torch.manual_seed(123)  # the same frozen encoder for every call
     return run_s2d_variants(variants, tr, ev, FakeImageEncoder(), _llm(tok_dir), S2DConfig(**SMALL), tmp_path,
-                            epochs=(1, 1, 1), lrs=(1e-2, 5e-3, 2e-3), seeds=seeds, batch_size=4, device="cpu",
+                            curriculum=_curriculum(), seeds=seeds, batch_size=4, device="cpu",
                             log_every=1, subset=3, meteor=False, reuse_prefixes=reuse, eval_batch_size=3,
-                            workers=workers)
+                            workers=workers, threads=threads)
 
 
 def _weights(run_dir, stage_index):
-    from medalign_lite.s2d_experiments import _stage_checkpoints
-
-    return load_weights(_stage_checkpoints(run_dir)[stage_index] / "model.safetensors")
+    return load_weights(stage_checkpoints(run_dir)[stage_index] / "model.safetensors")
 
 
 def test_driver_scores_every_variant_and_both_baselines(manifest, tok_dir, tmp_path):
@@ -239,25 +249,32 @@ def test_branches_are_the_runs_they_would_be_alone(manifest, tok_dir, tmp_path):
 
 
 def test_chains_keep_branches_together_and_seeds_apart():
-    from medalign_lite.s2d_experiments import _chains
+    from medalign_lite.experiments.s2d import _convertible
+    from medalign_lite.experiments.s2d_runs import _plan
+    from medalign_lite.experiments.variants import plan_chains
 
-    def stages_of(v):
-        return variant_stages(v, (1, 1, 1), PAPER_LRS)
+    curriculum = _curriculum()
 
-    chains = _chains(list(VARIANTS), [0, 1], stages_of, reuse_prefixes=True)
+    def chains_of(variants, seeds, reuse):
+        return plan_chains(_plan(variants), seeds, variant_model_options, lambda v: variant_stages(v, curriculum),
+                           reuse, _convertible)
+
+    chains = chains_of(list(VARIANTS), [0, 1], True)
     trunk = [(0, v) for v in ("progressive", "without_stage3", "reversed", "single_stage", "independent_memory")]
     assert chains[:3] == [trunk, [(0, "joint")], [(0, "mlp_projector")]]
     assert chains[3:] == [[(1, v) for _, v in c] for c in chains[:3]]
-    alone = _chains(["progressive", "reversed"], [0], stages_of, reuse_prefixes=False)
+    alone = chains_of(["progressive", "reversed"], [0], False)
     assert alone == [[(0, "progressive")], [(0, "reversed")]]
 
 
 def test_worker_processes_give_the_same_runs(manifest, tok_dir, tmp_path):
-    """workers=2 trains the chains in two spawned processes: the same reports, scores and
-    losses, in the same order, and the kept model comes back with the same weights."""
+    """workers=2 trains the chains in two spawned processes: with the same intra-op thread
+    count in both modes (threads=1; a CPU's float reductions depend on it), the same reports,
+    scores and losses, in the same order, and the kept model comes back with the same weights,
+    bit for bit."""
     variants = ["progressive", "reversed", "joint"]
-    one = _run(manifest, tok_dir, tmp_path / "one", variants)
-    two = _run(manifest, tok_dir, tmp_path / "two", variants, workers=2)
+    one = _run(manifest, tok_dir, tmp_path / "one", variants, threads=1)
+    two = _run(manifest, tok_dir, tmp_path / "two", variants, workers=2, threads=1)
     assert [r.name for r in two.runs] == [r.name for r in one.runs] == ["progressive", "reversed", "joint"]
     for a, b in zip(one.runs, two.runs):
         assert a.reports == b.reports and a.indices == b.indices, a.name
@@ -269,7 +286,7 @@ def test_worker_processes_give_the_same_runs(manifest, tok_dir, tmp_path):
         np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-6, err_msg=a.name)
     assert two.runs[1].branched_from["variant"] == "progressive"
     ma, mb = one.runs[0].model.state_dict(), two.runs[0].model.state_dict()
-    assert ma.keys() == mb.keys() and all(torch.allclose(ma[k], mb[k], atol=1e-6) for k in ma)
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
     with pytest.raises(ValueError, match="workers"):
         _run(manifest, tok_dir, tmp_path / "bad", variants, workers=0)
 
@@ -286,3 +303,37 @@ def test_independent_memory_state_keeps_unused_banks_at_init(tok_dir):
     torch.testing.assert_close(fresh.sma_t.memory, init) and torch.testing.assert_close(fresh.sma_p.memory, init)
     with pytest.raises(ValueError, match="no shared"):
         independent_memory_state(fresh.state_dict(), fresh)
+
+
+def test_the_config_curriculum_is_checked():
+    stages = load_s2d_experiment("s2d_tiny").train.stages
+    check_curriculum(stages)
+    with pytest.raises(ValueError, match="has inputs.aux"):
+        load_s2d_experiment("s2d_tiny", ["train.stages.1.inputs.aux=[key_phrases]"])
+    with pytest.raises(ValueError, match="trains"):
+        load_s2d_experiment("s2d_tiny", ["train.stages.0.trainable=[sma_v.*]"])
+
+
+def test_results_give_the_table_the_metrics_and_decided_claims(manifest, tok_dir, tmp_path):
+    from medalign_lite.experiments.s2d_runs import baseline_claims, pairwise_agreement, s2d_claims
+
+    res = _run(manifest, tok_dir, tmp_path, ["progressive", "reversed", "joint"], seeds=(0, 1))
+    table = res.ablation_table()
+    assert list(table.index)[:3] == ["progressive S1→S2→S3", "reversed S1→S3→S2", "joint (all inputs at once)"]
+    assert table["seeds"].tolist()[:3] == [2, 2, 2] and table["paper CE F1"].iloc[0] == 0.608
+    assert " ± " in table.loc["progressive S1→S2→S3", "ce_micro_f1_u0"]
+    m = res.metrics()
+    assert {"ablation/reversed/seed1/ce_micro_f1_u0", "ablation/joint/ce_macro_f1_u0_std",
+            "test/progressive/ce_micro_f1_u0", "test/nearest_neighbour/BLEU_4"} <= set(m)
+    claims = s2d_claims(res)
+    assert [(c.b, c.metric) for c in claims] == [("joint", "CE micro F1"), ("joint", "CE macro F1"),
+                                                 ("reversed", "CE micro F1"), ("reversed", "CE macro F1")]
+    assert all(c.n_seeds == 2 and c.n_items == len(res.subset) and c.low <= c.high for c in claims)
+    # the per-seed differences are the table's own numbers
+    by = res.by_variant()
+    micro = {v: [r.scores["ce_micro_f1_u0"] for r in sorted(by[v], key=lambda r: r.seed)] for v in by}
+    np.testing.assert_allclose(claims[2].per_seed, np.subtract(micro["progressive"], micro["reversed"]), atol=1e-9)
+    (nn_micro, *_) = baseline_claims(res)
+    assert nn_micro.n_items == len(res.references) and nn_micro.n_seeds == 2  # progressive reports on everything
+    agreement = pairwise_agreement(res)
+    assert agreement["pairs"] == 3 and agreement["ordered"] + agreement["undecided"] == 3

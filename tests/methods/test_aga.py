@@ -359,14 +359,15 @@ def test_registered_and_configs_load():
     from medalign_lite.config import load_config
     from medalign_lite.models.text import TextConfig
     from medalign_lite.models.vision import VisionConfig
-    from medalign_lite.recipes import _methods
+    from medalign_lite.methods import get_method
     from medalign_lite.train import TrainConfig
 
-    assert _methods()["aga"] == (AGA, AGAConfig)
+    spec = get_method("aga")
+    assert (spec.module, spec.config, spec.kind, spec.config_name("full")) == (AGA, AGAConfig, "dual_encoder", "aga_full")
     tiny = {s: load_config(c, "aga_tiny", section=s) for s, c in
             (("model", AGAConfig), ("vision", VisionConfig), ("text", TextConfig), ("train", TrainConfig))}
     assert tiny["model"].embed_dim == 128 and tiny["vision"].name == "tiny_cnn" and tiny["text"].name == "minilm"
-    assert "head.*" in tiny["train"].stages[0].trainable
+    assert tiny["train"].stages[0].max_steps == 60  # trainable: not written, default_trainable decides
     full = {s: load_config(c, "aga_full", section=s) for s, c in
             (("model", AGAConfig), ("vision", VisionConfig), ("text", TextConfig), ("train", TrainConfig))}
     assert (full["model"].embed_dim, full["model"].tau2, full["model"].tau3) == (128, 0.3, 0.1)

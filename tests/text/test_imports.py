@@ -10,11 +10,7 @@ TEXT = Path(medalign_lite.text.__file__).parent
 PACKAGE = "medalign_lite.text"
 
 #: (module, what it imports) pairs allowed for now, with the reason.
-ALLOWED = {
-    # text.tokenizer.report_tokenizer moved to data.iu_xray; the name stays (delegating) only
-    # because models/llm.py imports it from text. Remove both once models/llm.py imports the data one.
-    ("tokenizer.py", "medalign_lite.data.iu_xray"),
-}
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def imported_modules(path: Path, package: str) -> set[str]:

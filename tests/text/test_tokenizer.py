@@ -85,7 +85,6 @@ def test_report_tokenizer_is_trained_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(wt, "train_word_tokenizer", fail)
     second = report_tokenizer(tmp_path, vocab_size=3000)
     assert second.get_vocab() == vocab
-    assert wt.report_tokenizer(tmp_path, vocab_size=3000).get_vocab() == vocab  # the old path (models/llm.py)
     with pytest.raises(AssertionError, match="retrained"):
         report_tokenizer(tmp_path, vocab_size=500)  # another size is another cache entry
 

@@ -1,0 +1,19 @@
+"""What the notebooks call: one module per job, each read top to bottom.
+
+=======================  ====================================================================
+module                   job
+=======================  ====================================================================
+``contrastive``          build a dual encoder from its config, train it, embed a dataset,
+                         retrieval and phrase-grounding evaluation
+``generation``           encode a dataset once, generate reports, nearest-neighbour and
+                         majority baselines, NLG + CE scoring
+``pretrain``             the cached stand-ins: an aligned vision encoder, a tiny report LM
+                         (both through the trainer)
+``variants``             seeds × variants, branching from shared stage checkpoints, the
+                         worker pool, one mean ± std table
+``claims``               one rule for a claimed ordering: holds / reversed / undecided
+``aga``, ``s2d``         each method's variant table (and S2D's experiment driver)
+=======================  ====================================================================
+
+Arrows point down: notebooks → ``experiments`` → ``methods`` → ``models`` / ``nn`` → ``data``.
+"""

@@ -1,0 +1,345 @@
+"""Pre-training of the cached stand-ins: an aligned vision encoder and a tiny report LM.
+
+S2D-ALIGN (and ExGra-Med) freeze a pretrained image encoder and tune a pretrained LLM with LoRA.
+At laptop scale neither exists, so both are trained here once, through the same
+:class:`~medalign_lite.train.Trainer` as every method, and cached on disk:
+
+1. :func:`pretrained_vision_encoder` — a ``tiny_cnn`` aligned with reports by ConVIRT
+   (image–report InfoNCE, :mod:`medalign_lite.methods.baselines`; the recipe
+   :func:`default_encoder_recipe`, read from ``configs/convirt_tiny.yaml``), then frozen.
+2. :func:`pretrain_report_lm` — a tiny Llama trained on the training reports (next-token
+   cross-entropy), saved as a Hugging Face folder.
+
+**What a cache key covers.** Everything that changes the weights: the recipe or settings, the
+training data (the manifest's sha256, or the texts), :func:`code_fingerprint` (the source of the
+modules that compute the entry, docstrings and comments excluded, and the torch / transformers
+versions) and torch's intra-op thread count (a CPU's float reductions depend on it, so 1 and 2
+threads give different weights). A changed thread count therefore trains a new entry rather than
+reusing one that is only nearly the same.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..nn import freeze
+from ..train import Stage, TrainConfig, Trainer, load_weights, save_weights
+from ..utils import atomic_dir, atomic_write
+
+__all__ = [
+    "CACHE_VERSION",
+    "ReportLMObjective",
+    "code_fingerprint",
+    "default_encoder_recipe",
+    "encoder_cache_key",
+    "pretrain_report_lm",
+    "pretrained_vision_encoder",
+]
+
+#: Bumped when the way an entry is stored changes (the code itself is covered by
+#: :func:`code_fingerprint`).
+CACHE_VERSION = 2
+
+#: The modules whose code decides a cached entry's weights (relative to the package).
+FINGERPRINTED = ("models", "methods/baselines.py", "methods/dual.py", "nn.py", "train", "data/dataset.py",
+                 "data/iu_xray.py", "text/tokenizer.py", "experiments/contrastive.py", "experiments/pretrain.py")
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """16 hex digits of sha256 over the code of :data:`FINGERPRINTED` (each module's AST without
+    docstrings, so comments and documentation do not invalidate a cache) and the versions of
+    torch and transformers."""
+    import transformers
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
+    for rel in FINGERPRINTED:
+        p = root / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(ast.dump(_strip_docstrings(ast.parse(f.read_text()))).encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- 1. aligned encoder
+
+
+def default_encoder_recipe(overrides: Sequence[str] = (), **fields):
+    """The recipe of the S2D notebook's stand-in for Rad-DINO: ``configs/convirt_tiny.yaml``.
+
+    ConVIRT (global InfoNCE, τ = 0.1, λ = 0.75) on ``tiny_cnn`` at 128 px with all-MiniLM-L6-v2
+    frozen (trained: the image encoder and the four projections), lr 1e-3, batch 32, 2 epochs,
+    on the report writer's text (``written_findings``, ``written_impression``: the text that
+    describes exactly what the phantom shows). ``overrides`` are ``section.key=value`` strings
+    on that file (``"train.stages.0.max_steps=3"``); ``fields`` replace recipe fields after
+    (``seed=1``). At paper scale S2D's Rad-DINO is already pretrained: build it with
+    :func:`~medalign_lite.models.vision.build_image_encoder` and :func:`freeze` it instead.
+    """
+    from .contrastive import recipe_from_config
+
+    return replace(recipe_from_config("convirt_tiny", overrides), **fields)
+
+
+def _cache_root() -> Path:
+    from ..text.tokenizer import cache_root
+
+    return cache_root() / "encoders"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest_identity(manifest: Path) -> dict:
+    """What identifies a manifest's content: the CSV's sha256, and ``build.json`` beside it
+    (the builder's arguments and version) when there is one."""
+    ident = {"manifest_sha256": _file_sha256(manifest)}
+    stamp = manifest.parent / "build.json"
+    if stamp.is_file():
+        ident["build"] = stamp.read_text()
+    return ident
+
+
+def _recipe_fields(recipe) -> dict:
+    """The recipe as JSON-able fields, without ``device`` (where it ran does not change what
+    the cache entry is)."""
+    fields = asdict(recipe)
+    fields.pop("device", None)
+    return json.loads(json.dumps(fields, sort_keys=True, default=str))
+
+
+def encoder_cache_key(manifest: str | os.PathLike, recipe, threads: int | None = None) -> str:
+    """``convirt-tiny_cnn-128px-<16 hex>``: readable prefix + sha256 of the recipe fields (all
+    but ``device``), the manifest's content identity, :data:`CACHE_VERSION`,
+    :func:`code_fingerprint` and the torch thread count (``threads``, default the current one)."""
+    manifest = Path(manifest)
+    payload = json.dumps({"version": CACHE_VERSION, "code": code_fingerprint(),
+                          "threads": int(threads if threads is not None else torch.get_num_threads()),
+                          "recipe": _recipe_fields(recipe), **_manifest_identity(manifest)}, sort_keys=True)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    vision = recipe.vision.name.replace(":", "_").replace("/", "_")
+    return f"{recipe.method}-{vision}-{recipe.image_size}px-{digest}"
+
+
+def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_dir: str | os.PathLike | None = None,
+                              progress: bool = False) -> nn.Module:
+    """A vision encoder aligned with reports on ``manifest`` (ConVIRT by default), frozen.
+
+    S2D-ALIGN's encoder is a frozen Rad-DINO; ours is trained here, once: a
+    :func:`~medalign_lite.experiments.contrastive.build_model` of ``recipe`` (default
+    :func:`default_encoder_recipe`) is trained by
+    :func:`~medalign_lite.experiments.contrastive.train_alignment` on the manifest's train
+    split, and only its
+    ``image_encoder`` is kept. It is cached as
+    ``{cache_dir}/{encoder_cache_key(manifest, recipe)}.safetensors`` with the recipe and the
+    run's summary in a ``.json`` beside it (both written atomically); ``cache_dir`` defaults to
+    ``$MEDALIGN_CACHE/encoders`` (``~/.cache/medalign_lite/encoders``). The key
+    (:func:`encoder_cache_key`) covers every recipe field except ``device``, the manifest's
+    content (sha256 of the CSV and its ``build.json``), the code and the torch thread count, so
+    a second call with the same arguments loads the weights in about a second, and a changed
+    recipe, rebuilt dataset, changed code or thread count trains anew.
+
+    Args:
+        manifest: the training manifest (IU-Phantom: ``ensure_dataset("iu-phantom")``).
+        recipe: an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`; ``None`` =
+            the default.
+        cache_dir: cache folder (see above).
+        progress: print one line on what happens (training, or loading from the cache).
+
+    Returns:
+        The :class:`~medalign_lite.models.vision.ImageEncoder` (``forward(images)`` →
+        ``ImageFeatures`` with ``pooled`` (B, Dg) and ``patches`` (B, P, Dl)), on the CPU,
+        frozen with :func:`freeze` (read its caveat about a parent's ``.train()``), with
+        ``encoder.alignment_info = {"cache_path", "loaded", "key", "seconds", "final_loss",
+        "recipe", "created", "threads"}``: ``loaded`` is True when the weights came from the
+        cache; ``seconds`` is the training or loading time; ``final_loss`` the last logged
+        training loss, ``created`` when and ``threads`` with how many torch threads it was
+        trained (from the JSON when loaded).
+    """
+    from ..models.vision import VisionConfig, build_image_encoder
+    from .contrastive import build_model, train_alignment
+
+    recipe = recipe if recipe is not None else default_encoder_recipe()
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found")
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
+    key = encoder_cache_key(manifest, recipe)
+    weights, meta_path = root / f"{key}.safetensors", root / f"{key}.json"
+    t0 = time.perf_counter()
+
+    if weights.is_file():
+        # every weight and buffer comes from the file: build without loading published weights
+        cfg = VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size, "pretrained": False})
+        encoder = build_image_encoder(cfg)
+        encoder.load_state_dict(load_weights(weights), strict=True)
+        encoder.cfg = VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size})
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        loaded, final_loss = True, meta.get("final_loss")
+        if progress:
+            print(f"aligned encoder loaded from {weights}")
+    else:
+        if progress:
+            print(f"aligning {recipe.vision.name} with {recipe.method} on {manifest} "
+                  f"(cached to {weights} afterwards)")
+        root.mkdir(parents=True, exist_ok=True)
+        model = build_model(recipe)
+        with tempfile.TemporaryDirectory(prefix=f"{key}.run-", dir=root) as run_dir:
+            result = train_alignment(model, manifest, recipe, run_dir)
+        losses = [r["loss"] for r in result.history if "loss" in r]
+        final_loss = float(losses[-1]) if losses else None
+        encoder = model.image_encoder.cpu()
+        train_seconds = time.perf_counter() - t0
+        meta = {"cache_version": CACHE_VERSION, "key": key, "recipe": _recipe_fields(recipe),
+                "manifest": str(manifest.resolve()), **{k: v for k, v in _manifest_identity(manifest).items()
+                                                        if k == "manifest_sha256"},
+                "train_seconds": round(train_seconds, 2), "final_loss": final_loss,
+                "steps": max((r.get("global_step", 0) for r in result.history), default=0),
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "code": code_fingerprint(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+        atomic_write(weights, lambda p: save_weights(encoder.state_dict(), p))  # last: marks the entry complete
+        loaded = False
+        if progress:
+            print(f"aligned in {train_seconds:.1f} s, final loss {final_loss}")
+    freeze(encoder)
+    encoder.alignment_info = {"cache_path": str(weights), "loaded": loaded, "key": key,
+                              "seconds": round(time.perf_counter() - t0, 3), "final_loss": final_loss,
+                              "recipe": _recipe_fields(recipe), "created": meta.get("created"),
+                              "threads": meta.get("threads")}
+    return encoder
+
+
+# --------------------------------------------------------------------------- 2. tiny report LM
+
+
+class _Texts(Dataset):
+    """Report strings as a map-style dataset (items are the strings)."""
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = list(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> str:
+        return self.texts[i]
+
+
+class _TokenizeReports:
+    """Collate report strings into ``<bos> report <eos>`` ids (B, T), the attention mask and
+    the labels (pad positions −100), truncated to ``max_tokens`` with the ``<eos>`` kept."""
+
+    def __init__(self, tokenizer, max_tokens: int):
+        self.tok, self.max_tokens = tokenizer, int(max_tokens)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        tok = self.tok
+        enc = tok(list(texts), padding=True, truncation=True, max_length=self.max_tokens - 1, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), tok.pad_token_id)], 1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], 1)
+        ends = mask.sum(1, keepdim=True)                       # <eos> after the last token
+        ids, mask = ids.scatter(1, ends, tok.eos_token_id), mask.scatter(1, ends, 1)
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+class ReportLMObjective(nn.Module):
+    """A causal LM as a trainer model: ``forward(batch)`` → ``{"loss": next-token CE}`` on a
+    batch of :class:`_TokenizeReports` (``lm(**batch).loss``, labels shifted inside the LM)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch: dict) -> dict:
+        return {"loss": self.lm(**batch).loss}
+
+
+def pretrain_report_lm(texts: Sequence[str], llm=None, epochs: int = 3, batch_size: int = 32, lr: float = 1e-3,
+                       max_tokens: int = 128, seed: int = 0, warmup_ratio: float = 0.05, device: str = "auto",
+                       cache_dir: str | os.PathLike | None = None) -> Path:
+    """A tiny Llama pre-trained on report text, saved as a Hugging Face folder (cached).
+
+    S2D-ALIGN tunes Vicuna-7B with LoRA: a language model that already writes text. The tiny
+    stand-in's random weights cannot be taught language through rank-16 adapters alone, so it
+    is first trained on the training reports — every weight, next-token cross-entropy on
+    ``<bos> report <eos>`` (:class:`ReportLMObjective`), one :class:`~medalign_lite.train.Stage`
+    of the trainer (AdamW, weight decay 0.01 on matrices, linear warm-up over ``warmup_ratio``
+    then cosine decay, gradient norm clipped at 1) — the analogue of the LLM's pre-training,
+    on text only; images come later, through the SMA. The folder (``config.json``,
+    ``model.safetensors``, tokenizer files) loads with ``LLMConfig(name=str(folder))``.
+
+    Cached under ``{cache_dir or $MEDALIGN_CACHE/lms}/tiny-<sha>``, keyed by the texts, the LLM
+    config, the training settings, :func:`code_fingerprint` and the torch thread count; written
+    to a temporary folder and renamed (atomic). Returns the folder; ``folder / "pretrain.json"``
+    records the settings, steps, seconds and the final loss (mean over the last quarter epoch).
+    """
+    from ..models.llm import LLMConfig, load_causal_lm
+    from ..models.loading import quiet_hub_progress
+    from ..text.tokenizer import cache_root
+
+    llm = llm or LLMConfig()
+    if llm.name != "tiny":
+        raise ValueError(f"pretrain_report_lm trains the tiny model, not {llm.name!r} (a real LLM is already pre-trained)")
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise ValueError("pretrain_report_lm needs at least one non-empty report")
+    settings = {"llm": json.loads(json.dumps(asdict(llm), default=str)), "epochs": epochs, "batch_size": batch_size,
+                "lr": lr, "max_tokens": max_tokens, "seed": seed, "warmup_ratio": warmup_ratio,
+                "version": CACHE_VERSION, "code": code_fingerprint(), "threads": torch.get_num_threads()}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\x00")
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "lms"
+    folder = root / f"tiny-{h.hexdigest()[:16]}"
+    if (folder / "model.safetensors").is_file() and (folder / "pretrain.json").is_file():
+        return folder
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    lm, tok = load_causal_lm(replace(llm, torch_dtype="float32"))
+    n_batches = (len(texts) + batch_size - 1) // batch_size
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=folder.name + ".run-", dir=root) as run_dir:
+        cfg = TrainConfig(output_dir=run_dir, batch_size=batch_size, seed=seed, device=device,
+                          log_every=max(1, n_batches // 4), max_grad_norm=1.0,
+                          stages=[Stage(name="pretrain_lm", epochs=epochs, lr=lr, trainable=["*"],
+                                        weight_decay=0.01, warmup_ratio=warmup_ratio)])
+        result = Trainer(ReportLMObjective(lm), _Texts(texts), cfg, collate_fn=_TokenizeReports(tok, max_tokens)).fit(
+            resume=False)
+    rows = [r for r in result.history if "loss" in r]
+    lm = lm.cpu()
+    with atomic_dir(folder) as tmp, quiet_hub_progress(lm):  # no "Writing model shards" bar
+        lm.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "pretrain.json").write_text(json.dumps({**settings, "n_texts": len(texts), "steps": len(rows) and
+                                                       rows[-1]["global_step"],
+                                                       "final_loss": rows[-1]["loss"] if rows else None,
+                                                       "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    return folder

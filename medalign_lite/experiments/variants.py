@@ -1,0 +1,350 @@
+"""Seeds × variants: running them, sharing their common stages, side by side, in one table.
+
+A *variant* is a named change of a method's configuration (``experiments/aga.py``,
+``experiments/s2d.py`` hold each method's table). This module runs a grid of them and
+summarises it, whatever the method:
+
+1. :func:`summary_table` — one row per variant (or system): mean and sample std over seeds of
+   each score, and the number of seeds. Every ablation table of the notebooks is this table.
+2. :func:`run_variants` — the contrastive methods' grid (ConVIRT, GLoRIA, AGA and its
+   ablations): every variant once per seed, trained one after the other on one in-memory
+   training set and scored on one gallery (:mod:`medalign_lite.experiments.contrastive`).
+3. **Branching from shared stage checkpoints** (a CPU-budget measure for multi-stage runs such
+   as S2D-ALIGN's curriculum). Variants whose stage lists begin with the same stages on the same
+   model are not trained from scratch each: the first run that reaches the end of a stage leaves
+   a trainer checkpoint, and a later variant that starts with the same stages copies that
+   checkpoint (and the metrics rows before it) into its own run folder and *resumes* from it
+   (:func:`branch_into`, then ``Trainer.fit(resume=True)``). The trainer's exact resume (same
+   seed, same data order, restored RNG states; :mod:`medalign_lite.train`) makes the branch the
+   very computation the variant would have run alone. :func:`find_branch` picks the finished run
+   with the longest shared prefix; a method may declare that another model's checkpoint converts
+   to its own (S2D: shared → independent memory banks).
+4. **Chains and the worker pool.** :func:`plan_chains` splits the (seed, variant) jobs into
+   chains that share no stage prefix with each other; :func:`run_chains` runs the chains one
+   after the other or in spawned CPU worker processes. Every chain runs with ``threads``
+   intra-op threads whichever way it runs (default: the current count divided among the
+   workers). A CPU's float reductions depend on the thread count, so the numbers depend on
+   ``threads``, and with ``threads`` given not on ``workers``: ``workers=1, threads=1`` and
+   ``workers=2, threads=1`` give the same runs (tested).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.dataset import ManifestDataset
+from ..train import (
+    CHECKPOINT_PREFIX,
+    TRAINER_STATE,
+    WEIGHTS,
+    Stage,
+    load_weights,
+    save_weights,
+)
+
+__all__ = [
+    "FinishedRun",
+    "RunResult",
+    "branch_into",
+    "find_branch",
+    "intra_op_threads",
+    "mean_std_table",
+    "plan_chains",
+    "run_chains",
+    "run_variants",
+    "shared_prefix",
+    "stage_checkpoints",
+    "summary_table",
+]
+
+
+# --------------------------------------------------------------------------- 1. the table
+
+
+def summary_table(rows: Sequence[dict], keys: Sequence[str], by: str = "variant"):
+    """A DataFrame with one row per ``by`` value (first-seen order): ``<key> mean`` and
+    ``<key> std`` for each key (sample std, ddof 1: NaN for one seed), and ``n`` (rows, i.e.
+    seeds). ``rows`` are flat dicts with ``by`` and the keys (a missing key is NaN)."""
+    import pandas as pd
+
+    df = pd.DataFrame([{by: r[by], **{k: r.get(k, np.nan) for k in keys}} for r in rows])
+    if df.empty:
+        return df
+    order = list(dict.fromkeys(df[by]))
+    g = df.groupby(by, sort=False)[list(keys)]
+    table = g.mean().add_suffix(" mean").join(g.std(ddof=1).add_suffix(" std"))
+    table["n"] = g.size()
+    return table.loc[order, [c for k in keys for c in (f"{k} mean", f"{k} std")] + ["n"]]
+
+
+def mean_std_table(table, keys: Sequence[str], digits: int = 3):
+    """:func:`summary_table` as text to print: ``mean ± std`` per key (the mean alone for one
+    seed) and ``seeds``."""
+    import pandas as pd
+
+    def pm(m, sd):
+        return f"{m:.{digits}f}" + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
+
+    out = pd.DataFrame({k: [pm(m, sd) for m, sd in zip(table[f"{k} mean"], table[f"{k} std"])] for k in keys},
+                       index=table.index)
+    out["seeds"] = table["n"]
+    return out
+
+
+# --------------------------------------------------------------------------- 2. contrastive grid
+
+
+@dataclass
+class RunResult:
+    """One trained contrastive variant: its recipe, model, training history and retrieval
+    scores (``retrieval``: :func:`~medalign_lite.experiments.contrastive.retrieval_eval`, with
+    ``per_query`` hits for the claims rule)."""
+
+    name: str
+    seed: int
+    recipe: object
+    model: nn.Module | None
+    history: list[dict]
+    retrieval: dict
+    seconds: float
+
+    def row(self) -> dict:
+        """``{"variant", "seed", <every scalar retrieval score>}``: a row of :func:`summary_table`."""
+        return {"variant": self.name, "seed": self.seed,
+                **{k: v for k, v in self.retrieval.items() if isinstance(v, (int, float))}}
+
+
+def run_variants(variants: dict, seeds: Sequence[int], manifest: str | Path, gallery_manifest: str | Path,
+                 output_dir: str | Path, train_dataset: ManifestDataset | None = None,
+                 gallery_dataset: ManifestDataset | None = None, keep_models: Sequence[int] | None = None,
+                 on_result: Callable[[RunResult], None] | None = None, ks: Sequence[int] = (1, 5, 10),
+                 text_encoders: dict[str, nn.Module] | None = None) -> list[RunResult]:
+    """Train every variant once per seed and score it on the gallery, one run after the other.
+
+    ``variants`` maps a name to an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`
+    (its ``seed`` is replaced by each of ``seeds``). Models of the seeds in ``keep_models``
+    (default: the first of ``seeds``) are returned for plotting; the others are dropped after
+    scoring to keep memory flat. Runs write under ``output_dir/<name>_s<seed>``. Recipes with
+    ``cache_text`` and the same text config share one frozen text encoder, so each report is
+    encoded once for the whole grid; pass the same ``text_encoders`` dict to several calls to
+    share them across calls too (it is filled in place).
+    """
+    from ..models.text import build_text_encoder
+    from .contrastive import build_model, retrieval_eval, train_alignment
+
+    if not seeds:
+        raise ValueError("seeds is empty")
+    keep = set(seeds[:1] if keep_models is None else keep_models)
+    out = []
+    shared: dict[str, nn.Module] = text_encoders if text_encoders is not None else {}
+    for seed in seeds:
+        for name, recipe in variants.items():
+            r = replace(recipe, seed=seed)
+            t0 = time.perf_counter()
+            text = None
+            if r.cache_text:
+                key = repr(r.text)
+                if key not in shared:
+                    shared[key] = build_text_encoder(r.text)
+                text = shared[key]
+            model = build_model(r, text_encoder=text)
+            res = train_alignment(model, manifest, r, Path(output_dir) / f"{name}_s{seed}", dataset=train_dataset)
+            scores = retrieval_eval(model, gallery_manifest, r.image_size, ks=ks, dataset=gallery_dataset)
+            result = RunResult(name, seed, r, model if seed in keep else None, res.history, scores,
+                               time.perf_counter() - t0)
+            out.append(result)
+            if on_result is not None:
+                on_result(result)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. branching
+
+
+def shared_prefix(a: Sequence[Stage], b: Sequence[Stage]) -> int:
+    """How many leading stages two stage lists share (equal :class:`Stage` dataclasses)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def stage_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """{stage index: checkpoint folder that closed it} of a trainer run."""
+    root = Path(run_dir) / "checkpoints"
+    found: dict[int, Path] = {}
+    if not root.is_dir():
+        return found
+    for d in root.iterdir():
+        f = d / TRAINER_STATE
+        if d.is_dir() and d.name.startswith(CHECKPOINT_PREFIX) and f.is_file():
+            s = json.loads(f.read_text())
+            if s["stage_step"] >= s["stage_total_steps"]:
+                found[int(s["stage_index"])] = d
+    return found
+
+
+@dataclass
+class FinishedRun:
+    """A finished trainer run the next variants may branch from: the variant, its seed, the
+    model options it was built with, its stages, its folder and its stage checkpoints."""
+
+    variant: str
+    seed: int
+    options: dict
+    stages: list[Stage]
+    run_dir: Path
+    checkpoints: dict[int, Path]
+
+
+#: ``convertible(src_options, dst_options, dst_stages)`` → how many leading stages of another
+#: model's run carry over after converting its weights, or None when they do not.
+Convertible = Callable[[dict, dict, Sequence[Stage]], "int | None"]
+
+
+def find_branch(done: Sequence[FinishedRun], seed: int, options: dict, stages: Sequence[Stage],
+                convertible: Convertible | None = None) -> tuple[FinishedRun | None, int, bool]:
+    """The finished run of ``seed`` sharing the longest checkpointed stage prefix with
+    (``options``, ``stages``) → (run, k stages, convert). Same model options: any shared prefix;
+    other options: only where ``convertible`` allows (then ``convert`` is True)."""
+    best, best_k, best_conv = None, 0, False
+    for d in done:
+        if d.seed != seed:
+            continue
+        k = shared_prefix(d.stages, stages)
+        convert = False
+        if d.options != options:
+            limit = convertible(d.options, options, stages) if convertible is not None else None
+            if limit is None:
+                continue
+            k, convert = min(k, limit), True
+        k = max((i + 1 for i in range(k) if i in d.checkpoints), default=0)
+        if k > best_k:
+            best, best_k, best_conv = d, k, convert
+    return best, best_k, best_conv
+
+
+def branch_into(src: FinishedRun, k: int, run_dir: Path,
+                convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> dict:
+    """Copy the checkpoint closing stage ``k - 1`` of ``src`` (and its metrics rows) into
+    ``run_dir`` so that ``fit(resume=True)`` continues from it; ``convert`` maps its weights to
+    the new model's. Returns ``{"variant", "stages", "stage", "global_step", "seconds",
+    "converted"}`` (``seconds``: the training time taken over)."""
+    ckpt = src.checkpoints[k - 1]
+    dst = run_dir / "checkpoints" / ckpt.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ckpt, dst)
+    state = json.loads((ckpt / TRAINER_STATE).read_text())
+    if convert is not None:
+        save_weights(convert(load_weights(dst / WEIGHTS)), dst / WEIGHTS)
+    rows = []
+    metrics = src.run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [line for line in metrics.read_text().splitlines()
+                if line.strip() and json.loads(line).get("global_step", 0) <= state["global_step"]]
+    (run_dir / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+    return {"variant": src.variant, "stages": k, "stage": src.stages[k - 1].name, "global_step": state["global_step"],
+            "seconds": float(state.get("elapsed", 0.0)), "converted": convert is not None}
+
+
+# --------------------------------------------------------------------------- 4. chains and workers
+
+
+def plan_chains(order: Sequence[str], seeds: Sequence[int], options_of: Callable[[str], dict],
+                stages_of: Callable[[str], list[Stage]], reuse_prefixes: bool = True,
+                convertible: Convertible | None = None) -> list[list[tuple[int, str]]]:
+    """The (seed, variant) jobs split into chains that share no stage prefix with each other.
+
+    Variants run in ``order`` (put the longest trunks first, so that the others can branch from
+    them). Within a chain the jobs run in that order in one process, so every branch finds the
+    run it branches from (:func:`find_branch`, assuming every stage checkpointed); different
+    chains are independent computations and may run in parallel. Chains come in order of their
+    first job, seed by seed."""
+    chains: list[list[tuple[int, str]]] = []
+    for seed in seeds:
+        by_variant: dict[str, list[tuple[int, str]]] = {}
+        done: list[FinishedRun] = []
+        for v in order:
+            options, stages = options_of(v), stages_of(v)
+            src = find_branch(done, seed, options, stages, convertible)[0] if reuse_prefixes else None
+            chain = by_variant[src.variant] if src is not None else []
+            if src is None:
+                chains.append(chain)
+            chain.append((seed, v))
+            by_variant[v] = chain
+            done.append(FinishedRun(v, seed, options, stages, Path(), {i: Path() for i in range(len(stages))}))
+    return chains
+
+
+def intra_op_threads(workers: int, threads: int | None = None) -> int:
+    """The torch intra-op threads each chain runs with: ``threads``, else the current count
+    shared among ``workers`` (at least 1)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return int(threads)
+    return max(1, torch.get_num_threads() // max(1, workers))
+
+
+@contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _in_worker(run_chain: Callable, chain, threads: int):
+    torch.set_num_threads(threads)
+    return run_chain(chain)
+
+
+def run_chains(run_chain: Callable[[list], list], chains: list[list], workers: int = 1, threads: int | None = None,
+               cost: Callable[[list], float] | None = None, on_done: Callable[[list], None] | None = None) -> list:
+    """``run_chain(chain)`` for every chain → the concatenated results.
+
+    ``workers`` = 1 runs the chains here one after the other; more spawns that many CPU worker
+    processes (``run_chain`` and the chains must pickle: a module-level function, or a
+    ``functools.partial`` of one). Either way each chain runs with :func:`intra_op_threads`
+    threads: with ``threads`` given, results do not depend on ``workers``. ``cost`` orders the chains for the pool
+    (the longest first); ``on_done`` is called here with each chain's results as it finishes
+    (in completion order with workers, so sort the results afterwards if order matters).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    n = intra_op_threads(workers, threads)
+    out: list = []
+    if workers == 1 or len(chains) <= 1:
+        with _threads(n):
+            for chain in chains:
+                res = run_chain(chain)
+                if on_done is not None:
+                    on_done(res)
+                out.extend(res)
+        return out
+    import functools
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ordered = sorted(chains, key=lambda c: -cost(c)) if cost is not None else list(chains)
+    with ProcessPoolExecutor(max_workers=min(workers, len(chains)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(functools.partial(_in_worker, run_chain, chain, n)) for chain in ordered]
+        for f in as_completed(futures):
+            res = f.result()
+            if on_done is not None:
+                on_done(res)
+            out.extend(res)
+    return out
