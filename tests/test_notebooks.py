@@ -1,12 +1,37 @@
-"""Every notebook runs end to end through papermill in smoke mode and writes metrics.json."""
+"""Every notebook runs in smoke mode, twice: under nbval with its default parameters (the cells
+marked ``# NBVAL_CHECK_OUTPUT`` must print what ``notebook_outputs.json`` says, so a changed
+count fails), and through papermill with other values of the parameters a user is invited to
+change (a non-default seed among them). Both runs must write their metrics and figures.
+
+The notebooks are committed without outputs (DESIGN.md), so the expected outputs of the checked
+cells live here, in ``tests/notebook_outputs.json``; after an intended change of what such a
+cell prints, regenerate them with ``UPDATE_NOTEBOOK_OUTPUTS=1 pytest tests/test_notebooks.py``
+and read the diff.
+"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+EXPECTED = Path(__file__).with_name("notebook_outputs.json")
+CHECK = "# NBVAL_CHECK_OUTPUT"
+UPDATE = os.environ.get("UPDATE_NOTEBOOK_OUTPUTS") == "1"
+
+#: Values a user is invited to change, other than the defaults (papermill parameters).
+OTHER_PARAMETERS = {
+    "00_data_tour": {"seed": 3, "gallery_seed": 2},
+    "01_similarity_matrices": {"seed": 5, "methods": ["gloria"], "train_text": "real"},
+    "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "written", "ablations": ["full", "no_bcga", "gloria"],
+                               "sigma_texts": ["real"], "n_seeds": 1},
+    "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
+                    "overrides": ["model.num_beams=1"]},
+}
 
 
 @pytest.fixture(scope="session")
@@ -14,58 +39,130 @@ def data_home(tmp_path_factory):
     return tmp_path_factory.mktemp("medalign_data")
 
 
+def _env(data_home: Path) -> dict:
+    return {**os.environ, "MEDALIGN_DATA": str(data_home), "MEDALIGN_SMOKE": "1", "TQDM_DISABLE": "1",
+            "MPLBACKEND": "Agg"}
+
+
+def _checked(book) -> list:
+    return [c for c in book.cells if c.cell_type == "code" and c.source.startswith(CHECK)]
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+def _record_expected(nb: Path, tmp_path: Path, data_home: Path) -> None:
+    """Run the notebook (smoke, defaults) and store the printed output of its checked cells."""
+    import nbformat
+    import papermill
+
+    ran = tmp_path / f"ran_{nb.name}"
+    old = dict(os.environ)
+    os.environ.update(_env(data_home))
+    try:
+        papermill.execute_notebook(str(nb), str(ran), kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+                                   execution_timeout=600)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    book = nbformat.read(str(ran), as_version=4)
+    table = json.loads(EXPECTED.read_text()) if EXPECTED.is_file() else {}
+    table[nb.stem] = {c.id: _stdout(c) for c in _checked(book)}
+    EXPECTED.write_text(json.dumps(table, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_smoke(nb, tmp_path, data_home, monkeypatch):
+def test_notebook_under_nbval(nb, tmp_path, data_home):
+    import nbformat
+
+    pytest.importorskip("nbval")
+    if UPDATE:
+        _record_expected(nb, tmp_path, data_home)
+    expected = json.loads(EXPECTED.read_text()).get(nb.stem, {})
+    book = nbformat.read(str(nb), as_version=4)
+    checked = _checked(book)
+    assert checked, f"{nb.name}: no cell is marked {CHECK}"
+    for cell in checked:
+        assert cell.id in expected, f"{nb.name} cell {cell.id}: no expected output (UPDATE_NOTEBOOK_OUTPUTS=1)"
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=expected[cell.id])]
+        cell.execution_count = 1  # nbval compares only cells that ran
+    copy = tmp_path / nb.name
+    nbformat.write(book, str(copy))
+    # the notebook's default output_dir is relative: nbval runs the kernel in the notebook's folder
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                          "--nbval-cell-timeout", "600", copy.name],
+                         cwd=tmp_path, env=_env(data_home), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"nbval failed on {nb.name}:\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}"
+    outputs = tmp_path / "outputs" / nb.stem
+    _check_metrics(nb.stem, json.loads((outputs / "metrics.json").read_text()), {})
+    assert list(outputs.glob("*.png")), "a notebook writes its figures"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_with_other_parameters(nb, tmp_path, data_home, monkeypatch):
     papermill = pytest.importorskip("papermill")
-    monkeypatch.setenv("MEDALIGN_DATA", str(data_home))
-    monkeypatch.setenv("MEDALIGN_SMOKE", "1")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for k, v in _env(data_home).items():
+        monkeypatch.setenv(k, v)
+    params = OTHER_PARAMETERS[nb.stem]
+    assert set(params) <= set(papermill.inspect_notebook(str(nb))), "a parameter the notebook does not have"
     out_dir = tmp_path / "out"
     papermill.execute_notebook(str(nb), str(tmp_path / nb.name), kernel_name="python3",
-                               parameters={"smoke": True, "output_dir": str(out_dir)},
+                               parameters={"smoke": True, "output_dir": str(out_dir), **params},
                                cwd=str(nb.parent), progress_bar=False, execution_timeout=600)
-    metrics = json.loads((out_dir / "metrics.json").read_text())
+    _check_metrics(nb.stem, json.loads((out_dir / "metrics.json").read_text()), params)
+    assert list(out_dir.glob("*.png")), "a notebook writes its figures"
+
+
+def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
+    """What every smoke run must have written; ``params``: the non-default parameters it ran with."""
     assert metrics["smoke"] is True
     assert metrics and all(isinstance(k, str) for k in metrics)
-    pngs = list(out_dir.glob("*.png"))
-    assert pngs, "a notebook writes its figures"
-    if nb.stem == "00_data_tour":
-        assert metrics["n_studies"] == 40 and metrics["n_phantom_5x200"] == 50
+    seed = params.get("seed", 0)
+    if stem == "00_data_tour":
+        assert metrics["n_studies"] == 40 and metrics["n_phantom_5x200"] == 50 and metrics["seed"] == seed
         assert metrics["demo_validation_problems"] >= 5
         assert 0 < metrics["frac_fully_rendered"] <= 1
-    if nb.stem == "01_similarity_matrices":
-        for name in ("random", "convirt", "gloria"):
+    if stem == "01_similarity_matrices":
+        for name in ("random", *params.get("methods", ("convirt", "gloria"))):
             assert 0 <= metrics[f"{name}/i2t_P@5"] <= 1
         assert metrics["gloria/n_phrases"] > 0 and 0 <= metrics["gloria/mask_auroc"] <= 1
-    if nb.stem == "02_aga_gating_iga_bcga":
-        for v in ("full", "no_bcga", "no_iga", "fixed_thresholds", "global_only", "gloria"):
+    if stem == "02_aga_gating_iga_bcga":
+        n_seeds = min(params.get("n_seeds", 3), 2)
+        assert metrics["seeds"] == [seed + i for i in range(n_seeds)]
+        for v in params.get("ablations", ("full", "no_bcga", "no_iga", "fixed_thresholds", "global_only", "gloria")):
             assert 0 <= metrics[f"{v}/i2t_P@5_mean"] <= 1 and metrics[f"{v}/i2t_P@5_std"] >= 0
-            assert f"{v}/seed1/i2t_P@5" in metrics  # smoke runs two seeds
-        for style in ("real", "structured"):
+            assert all(f"{v}/seed{s}/i2t_P@5" in metrics for s in metrics["seeds"])
+        text = params.get("train_text", "real")
+        for style in dict.fromkeys([text, *params.get("sigma_texts", ["structured"])]):
             assert 0 < metrics[f"sigma_tg/{style}"] < 1.5 and 0 < metrics[f"sigma_vg/{style}"] < 1.5
         assert metrics["grad_norm/untrained/IGA"] > 0 and metrics["full/pointing_game"] >= 0
-    if nb.stem == "05_s2d_full":
-        variants = ("progressive", "joint", "single_stage", "reversed", "without_stage3", "independent_memory",
-                    "mlp_projector")
-        for v in variants:  # every variant of the paper's ablation table has its CE F1 (smoke runs all of them)
+        claim = metrics["claim/full>no_bcga/i2t_P@5"]  # the claims rule: verdict and interval
+        assert claim["verdict"] in ("holds", "reversed", "undecided") and claim["low"] <= claim["diff"] <= claim["high"]
+    if stem == "05_s2d_full":
+        variants = ("progressive", *params.get("ablations", ("joint", "single_stage", "reversed", "without_stage3",
+                                                             "independent_memory", "mlp_projector")))
+        assert metrics["seeds"] == [seed]
+        for v in variants:  # every variant that ran has its CE F1
             assert 0 <= metrics[f"ablation/{v}/ce_micro_f1_u0_mean"] <= 1
-            assert 0 <= metrics[f"ablation/{v}/seed0/ce_macro_f1_u0"] <= 1
+            assert 0 <= metrics[f"ablation/{v}/seed{seed}/ce_macro_f1_u0"] <= 1
         for system in ("progressive", "nearest_neighbour", "majority"):  # the main table, whole test split
             for key in ("ce_micro_f1_u0", "ce_macro_f1_u0", "ce_example_f1_u0", "ce5_macro_f1_u0", "BLEU_4", "ROUGE_L"):
                 assert 0 <= metrics[f"test/{system}/{key}"] <= 1
-        assert metrics["claim/progressive_beats_nn/ce_micro_f1_u0"] in (True, False)
-        for key in ("claim/progressive-nn/ce_micro_f1_u0", "claim/progressive-joint/ce_macro_f1_u0"):
-            ci = metrics[key]  # paired bootstrap of the F1 difference
-            assert -1 <= ci["low"] <= ci["high"] <= 1 and -1 <= ci["diff"] <= 1, (key, ci)
-        assert metrics["workers"] == 2  # the smoke run exercises the worker processes too
-        assert metrics["seconds/total_seconds"] > 0
+        for v in variants[1:]:
+            c = metrics[f"claim/progressive>{v}/CE_micro_F1"]
+            assert c["verdict"] in ("holds", "reversed", "undecided") and -1 <= c["low"] <= c["diff"] <= c["high"] <= 1
+        nn = metrics["claim/progressive>nearest_neighbour/CE_micro_F1"]
+        assert nn["items"] == metrics["n_test"] and nn["verdict"] in ("holds", "reversed", "undecided")
+        assert metrics["workers"] == params.get("workers", 2)  # the default smoke run exercises the workers
+        assert metrics["seconds/total"] > 0
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_conventions(nb):
     """DESIGN.md: a parameters cell papermill can read with the four standard names, no
-    outputs committed, kernelspec python3."""
+    outputs committed, kernelspec python3; the validation cell raises ValueError (no assert)."""
     import nbformat
     papermill = pytest.importorskip("papermill")
     params = papermill.inspect_notebook(str(nb))
@@ -74,3 +171,23 @@ def test_notebook_conventions(nb):
     book = nbformat.read(str(nb), as_version=4)
     assert book.metadata["kernelspec"]["name"] == "python3"
     assert not any(c.get("outputs") for c in book.cells if c.cell_type == "code")
+    code = [c for c in book.cells if c.cell_type == "code"]
+    validation = code[1].source
+    assert "assert " not in validation and "P.check" in validation, "parameters are checked with ValueErrors"
+
+
+def test_a_bad_parameter_is_a_value_error_naming_it(tmp_path, data_home, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    from papermill.exceptions import PapermillExecutionError
+
+    for k, v in _env(data_home).items():
+        monkeypatch.setenv(k, v)
+    nb = next(p for p in NOTEBOOKS if p.stem == "02_aga_gating_iga_bcga")
+    for params, words in (({"n_seeds": 0}, "parameter n_seeds = 0: must be an integer >= 1"),
+                          ({"ablations": ["full", "fuller"]}, "parameter ablations"),
+                          ({"overrides": ["model.use_bcgaa=false"]}, "parameter config/overrides: unknown key")):
+        with pytest.raises(PapermillExecutionError) as err:
+            papermill.execute_notebook(str(nb), str(tmp_path / "bad.ipynb"), kernel_name="python3",
+                                       parameters={"smoke": True, "output_dir": str(tmp_path / "bad"), **params},
+                                       cwd=str(nb.parent), progress_bar=False, execution_timeout=120)
+        assert err.value.ename == "ValueError" and words in err.value.evalue, err.value.evalue
