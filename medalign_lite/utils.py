@@ -177,6 +177,22 @@ def seed_cpu_generators(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None: leave it). Process-wide while active."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 # --------------------------------------------------------------------------- progress bars
 
 

@@ -28,8 +28,7 @@ Shapes: N samples, D feature width, C classes.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from medalign_lite.eval.zeroshot import auroc
+from medalign_lite.utils import torch_threads
 
 MGCA_U_ONES: tuple[str, ...] = ("Atelectasis", "Edema", "Pleural Effusion")
 """Classes whose uncertain (−1) label MGCA / CheXpert's U-Ones policy maps to 1; the rest → 0."""
@@ -116,20 +116,6 @@ def subset_indices(n: int, fractions: Sequence[float], seed: int) -> dict[float,
             raise ValueError(f"fractions must lie in (0, 1], got {f}")
         out[f] = perm[: max(1, round(f * n))].sort().values
     return out
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None: leave it). Process-wide while active."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def adamw_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,

@@ -33,7 +33,6 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from ..train import (
     load_weights,
     save_weights,
 )
+from ..utils import torch_threads
 
 __all__ = [
     "FinishedRun",
@@ -297,16 +297,6 @@ def intra_op_threads(workers: int, threads: int | None = None) -> int:
     return max(1, torch.get_num_threads() // max(1, workers))
 
 
-@contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _in_worker(run_chain: Callable, chain, threads: int):
     torch.set_num_threads(threads)
     return run_chain(chain)
@@ -328,7 +318,7 @@ def run_chains(run_chain: Callable[[list], list], chains: list[list], workers: i
     n = intra_op_threads(workers, threads)
     out: list = []
     if workers == 1 or len(chains) <= 1:
-        with _threads(n):
+        with torch_threads(n):
             for chain in chains:
                 res = run_chain(chain)
                 if on_done is not None:

@@ -9,8 +9,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from medalign_lite.eval.probe import (ProbeConfig, adamw_step, bce_grad, linear_probe, masked_bce,
-                                      prepare_labels, subset_indices, torch_threads)
+from medalign_lite.eval.probe import (
+    ProbeConfig,
+    adamw_step,
+    bce_grad,
+    linear_probe,
+    masked_bce,
+    prepare_labels,
+    subset_indices,
+)
+from medalign_lite.utils import torch_threads
 
 
 def test_closed_form_step_matches_autograd_and_torch_adamw():
