@@ -1,4 +1,5 @@
-"""S2D-ALIGN's curriculum and the paper's ablations as data, and one driver that runs them.
+"""S2D-ALIGN's configuration, curriculum and the paper's ablations as data (the driver that runs
+them: :mod:`medalign_lite.experiments.s2d_runs`).
 
 The configuration is one file per scale (``configs/s2d_tiny.yaml``, ``configs/s2d_full.yaml``,
 read into :class:`S2DExperiment` by :func:`load_s2d_experiment` with ``section.key=value``
@@ -48,8 +49,8 @@ IU-Phantom, so only the *orderings* can be compared.)
 
 **Reuse of shared stage prefixes** (:mod:`medalign_lite.experiments.variants`: a variant that
 starts with another's stages resumes from that run's stage checkpoint, the very computation it
-would have run alone). By default progressive, single stage, reversed and without stage 3 all share progressive's
-stage 1, and without stage 3 is progressive's stage-2 checkpoint (nothing left to train). The
+would have run alone). By default progressive, single stage, reversed and without stage 3 all
+share progressive's stage 1, and without stage 3 is progressive's stage-2 checkpoint (nothing left to train). The
 independent-memory model also branches from it: in stage 1 only SMA_v runs, so its bank
 receives exactly the shared bank's updates and the two unused banks keep their initial values
 (:func:`independent_memory_state`, declared to the branching by :func:`_convertible`). The
@@ -60,21 +61,18 @@ reports agree to float tolerance).
 deterministic eval transform, so its patches are the same at every epoch: with
 ``cache_patches`` they are computed once per dataset
 (:func:`~medalign_lite.experiments.generation.encode_dataset`) and the S2D model reads them
-through :class:`~medalign_lite.experiments.generation.PrecomputedPatches` (a wrapper that passes (B, P, D) features
-through and runs the encoder on (B, C, H, W) images). The pooled features of the same pass
+through :class:`~medalign_lite.experiments.generation.PrecomputedPatches` (a wrapper that
+passes (B, P, D) features through and runs the encoder on (B, C, H, W) images). The pooled features of the same pass
 give the nearest-neighbour baseline. With ``standardize`` (ours) SMA_v reads per-channel
 standardised patches (training-split statistics,
 :func:`~medalign_lite.experiments.generation.patch_statistics`): an affine map that
 SMA_v's W_in could absorb, but the tiny tutorial run learned to use the image only with it (the
 notebook ``05_s2d_full`` gives the measurement).
 
-:func:`run_s2d_variants` trains the requested variants for each seed, generates reports for an
-evaluation set from the image only (batched beam search, :meth:`S2D.generate`), scores them with
-:func:`~medalign_lite.experiments.generation.score_reports`, and adds the two baselines
-(:func:`~medalign_lite.experiments.generation.nearest_neighbour_reports`,
-:func:`~medalign_lite.experiments.generation.majority_report`). Chains of variants that share
-no stage train side by side in worker processes
-(:func:`~medalign_lite.experiments.variants.run_chains`).
+:func:`~medalign_lite.experiments.s2d_runs.run_s2d_variants` trains the requested variants for
+each seed, generates reports from the image only, scores them and adds the nearest-neighbour and
+majority baselines; chains of variants that share no stage train side by side in worker
+processes (:func:`~medalign_lite.experiments.variants.run_chains`).
 """
 from __future__ import annotations
 
