@@ -48,6 +48,37 @@ def test_iu_phantom_rebuild_uses_cache(iu):
     assert {p: p.stat().st_mtime_ns for p in sorted((out / "renders").rglob("*.png"))} == before
 
 
+def test_rebuild_renders_damaged_cache_files_again(tmp_path):
+    """A truncated, empty or corrupted PNG in the render cache is not reused: it is rendered again,
+    the whole files are left alone."""
+    from PIL import Image
+
+    from medalign_lite.data.builders.common import png_complete
+
+    build = get_builder("iu-phantom")
+    out = build(tmp_path, size=48, limit=3, seed=0, progress=False, workers=1).parent
+    images = sorted((out / "renders").rglob("*.png"))
+    assert len(images) == 15 and all(png_complete(p) for p in images)
+    original = {p: p.read_bytes() for p in images}
+    frontal, mask, lateral, prior = (next(p for p in images if p.name.endswith(k)) for k in
+                                     ("_frontal.png", "_masks.png", "_lateral.png", "_prior_frontal.png"))
+    frontal.write_bytes(original[frontal][: len(original[frontal]) // 2])   # cut short
+    mask.write_bytes(original[mask][:-2])                                    # only the IEND CRC missing
+    lateral.write_bytes(b"")                                                 # empty
+    bad = bytearray(original[prior])
+    bad[60] ^= 0xFF                                                          # a flipped byte in IDAT
+    prior.write_bytes(bytes(bad))
+    damaged = {frontal, mask, lateral, prior}
+    assert not any(png_complete(p) for p in damaged)
+    stamps = {p: p.stat().st_mtime_ns for p in images if p not in damaged}
+    build(out, size=48, limit=3, seed=0, progress=False, workers=1)
+    assert {p: p.read_bytes() for p in images} == original  # re-rendered to the same bytes
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # and nothing else touched
+    Image.open(frontal).load()
+    assert not png_complete(tmp_path / "missing.png")
+    assert [p.name for p in (out / "renders").rglob("*") if ".tmp" in p.name] == []
+
+
 def test_iu_phantom_is_deterministic(iu, tmp_path):
     other = get_builder("iu-phantom")(tmp_path, size=64, limit=24, seed=0, progress=False, workers=2)
     a, b = load_manifest(iu), load_manifest(other)
@@ -72,7 +103,7 @@ def test_phantom_5x200(tmp_path, iu):
 def test_dataset_and_collate(iu):
     ds = ManifestDataset(iu, split=None, views=("frontal", "lateral", "prior_frontal", "prior_lateral"),
                          masks=True, prior_report=True, image_size=64)
-    tok = lambda texts, **kw: {"input_ids": torch.ones(len(texts), 7, dtype=torch.long),  # noqa: E731
+    tok = lambda texts, **kw: {"input_ids": torch.ones(len(texts), 7, dtype=torch.long),
                                "attention_mask": torch.ones(len(texts), 7, dtype=torch.long)}
     batch = Collate(tok)([ds[i] for i in range(4)])
     assert isinstance(batch, Batch) and len(batch) == 4

@@ -3,11 +3,22 @@
 A render job names everything that decides an image's pixels (patient seed, findings, view,
 size, acquisition), so the cache key of a rendered study is its folder
 ``renders/v{BUILDER_VERSION}-seed{seed}-{size}px/`` plus the file name: a rebuild with the
-same (builder version, seed, size) finds every file and renders nothing.
+same (builder version, seed, size) finds every file and renders nothing. A cached file is
+trusted only when :func:`png_complete` says so (PNG signature, ``IEND`` trailer, chunk CRCs):
+a truncated or empty PNG (a disk that filled up, a copy cut short) is rendered again.
+
+Render workers exit when the build process dies (:func:`pool_worker_init`): a killed
+``medalign data build`` leaves no orphaned worker behind.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import struct
+import sys
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -69,10 +80,91 @@ def _run_chunk(jobs: Sequence[RenderJob]) -> int:
     return len(jobs)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its CRC: a PNG's last 12 bytes
+
+
+#: what reading a damaged PNG raises (Pillow: SyntaxError / OSError for broken chunks or CRCs,
+#: struct.error / EOFError for a short chunk)
+_DAMAGED = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def png_complete(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole PNG file: the signature, an ``IEND`` chunk as its last 12 bytes
+    (a truncated file has none) and every chunk's CRC (Pillow's ``verify``, which reads the
+    chunks without decompressing them). About 35 µs for a 224 px render."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return False
+            f.seek(-12, os.SEEK_END)
+            if f.read(12) != _PNG_IEND:
+                return False
+            f.seek(0)
+            with Image.open(f, formats=["PNG"]) as img:
+                img.verify()
+        return True
+    except _DAMAGED:
+        return False
+
+
 def pending(jobs: Iterable[RenderJob]) -> list[RenderJob]:
-    """Jobs whose outputs are not all on disk yet (the cache check)."""
-    return [j for j in jobs if not os.path.exists(j.path)
-            or (j.mask_path is not None and not os.path.exists(j.mask_path))]
+    """Jobs whose outputs are not all on disk yet, or not whole (the cache check)."""
+    return [j for j in jobs if not png_complete(j.path)
+            or (j.mask_path is not None and not png_complete(j.mask_path))]
+
+
+# --------------------------------------------------------------------------- pool workers
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_INTERVAL = 0.5  # seconds between the watchdog's looks at the parent
+
+
+def pool_worker_init(parent: int | None = None) -> None:
+    """Initializer of a build's worker processes: exit when the build process dies.
+
+    A pool worker blocks on the pool's queue; when the build is killed (SIGKILL, an
+    out-of-memory kill, a notebook kernel restarted) nothing ever wakes it, and it used to
+    stay alive, orphaned. Two guards:
+
+    * Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` (through ctypes), so the kernel sends the
+      worker SIGTERM the moment its parent exits; SIGTERM gets its default action back, in
+      case the worker inherited a handler (a notebook kernel's).
+    * Everywhere: a daemon thread that looks at ``os.getppid()`` every 0.5 s and ends the
+      worker once it has been re-parented.
+
+    ``parent`` is the build's pid: when the worker's parent is already someone else at start
+    (the build died before this ran), it exits at once. Under ``forkserver`` the worker's
+    parent is the fork server, which exits with the build, so ``parent`` is not compared.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ppid = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except (OSError, AttributeError, ValueError):  # pragma: no cover - no libc / not the main thread
+            pass
+    if parent is not None and ppid != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(ppid,), name="medalign-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(_WATCH_INTERVAL)
+        if os.getppid() != ppid:
+            os._exit(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers exit when this process dies (:func:`pool_worker_init`)."""
+    ctx = multiprocessing.get_context()
+    parent = None if ctx.get_start_method() == "forkserver" else os.getpid()
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=pool_worker_init, initargs=(parent,))
 
 
 def run_jobs(jobs: Sequence[RenderJob], workers: int | None = None, progress: bool = True,
@@ -91,7 +183,7 @@ def run_jobs(jobs: Sequence[RenderJob], workers: int | None = None, progress: bo
             for c in chunks:
                 bar.update(_run_chunk(c))
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with worker_pool(workers) as pool:
                 for n in pool.map(_run_chunk, chunks):
                     bar.update(n)
     finally:
