@@ -34,6 +34,10 @@ graphs) brings it to the cost of its matrix products (``medalign bench aga --com
 - S̄ is the mean of the *normalised* similarities over the batch's valid entries (the values
   σ is compared with; this matches the reported plateaus, σ ≈ 0.15–0.45).
 - σ starts at the first training batch's S̄ (``sigma_init=None``), or at a given value.
+- σ moves only on a finite S̄ from a batch with at least one valid (token, patch) entry: a
+  batch whose similarities are not finite (a NaN image or embedding) or that has no valid
+  token leaves σ as it was (else one NaN batch would make σ NaN for good, every later group
+  empty and IGA/BCGA flat at log T / log P, and a batch without tokens would pull σ towards 0).
 - Order within a training step: the batch is gated with σ from before the step, then σ is
   updated; evaluation never updates σ (an untrained gate uses the batch's own S̄).
 - The fixed variant (``fixed_thresholds``): σ_tg = 1/P and σ_vg = 1/M_i, M_i the number of
@@ -167,9 +171,13 @@ def minmax_normalize(s: torch.Tensor, mask: torch.Tensor, dim: int, eps: float =
 
 
 # --- §3.2–3.3 threshold gates and groups ---------------------------------------------------
-def momentum_update(sigma: torch.Tensor, s_bar: torch.Tensor, gamma: float) -> torch.Tensor:
-    """σ ← γ·σ + (1 − γ)·S̄ (the threshold gate's update)."""
-    return gamma * sigma + (1.0 - gamma) * s_bar
+def momentum_update(sigma: torch.Tensor, s_bar: torch.Tensor, gamma: float,
+                    valid: torch.Tensor | bool = True) -> torch.Tensor:
+    """σ ← γ·σ + (1 − γ)·S̄ (the threshold gate's update), only where S̄ is finite and ``valid``
+    (the batch had a valid token–patch entry); elsewhere σ stays. No host sync."""
+    s_bar = torch.as_tensor(s_bar)
+    ok = torch.isfinite(s_bar) & torch.as_tensor(valid, dtype=torch.bool, device=s_bar.device)
+    return torch.where(ok, gamma * sigma + (1.0 - gamma) * s_bar, sigma)
 
 
 def threshold_gate(s: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,9 +218,11 @@ def patch_grouped_language(gated: torch.Tensor, tokens: torch.Tensor) -> torch.T
 class ThresholdGate(nn.Module):
     """One adaptive threshold σ, a buffer updated by momentum in training mode only.
 
-    ``forward(s_bar)`` returns the σ this step gates with (0-dim): the stored σ (before the
-    update) once initialised, else the batch's own S̄. In training mode it then stores
-    γ·σ + (1−γ)·S̄ (or S̄ itself on the first step when ``init`` is None). No host sync.
+    ``forward(s_bar, valid=True)`` returns the σ this step gates with (0-dim): the stored σ
+    (before the update) once initialised, else the batch's own S̄. In training mode it then
+    stores γ·σ + (1−γ)·S̄ (or S̄ itself on the first step when ``init`` is None), but only when
+    S̄ is finite and ``valid`` (0-dim bool: the batch had a valid token–patch entry); otherwise
+    σ (and whether it is initialised) stays as it was. No host sync.
     """
 
     def __init__(self, gamma: float, init: float | None = None):
@@ -221,13 +231,16 @@ class ThresholdGate(nn.Module):
         self.register_buffer("sigma", torch.tensor(float(init) if init is not None else 0.0))
         self.register_buffer("initialized", torch.tensor(init is not None))
 
-    def forward(self, s_bar: torch.Tensor) -> torch.Tensor:
+    def forward(self, s_bar: torch.Tensor, valid: torch.Tensor | bool = True) -> torch.Tensor:
         s_bar = s_bar.detach().to(self.sigma.dtype)
         used = torch.where(self.initialized, self.sigma, s_bar)
         if self.training:
             with torch.no_grad():
-                self.sigma.copy_(momentum_update(used, s_bar, self.gamma))
-                self.initialized.fill_(True)
+                ok = torch.isfinite(s_bar) & torch.as_tensor(valid, dtype=torch.bool, device=s_bar.device)
+                # an uninitialised gate's σ is S̄ only where it may move: where(ok, ·, σ) keeps the old one
+                start = torch.where(self.initialized, self.sigma, torch.where(ok, s_bar, self.sigma))
+                self.sigma.copy_(momentum_update(start, s_bar, self.gamma, ok))
+                self.initialized.logical_or_(ok)
         return used.clone()
 
 
@@ -392,7 +405,8 @@ class AGAHead(nn.Module):
         s_vg, _ = minmax_normalize(s, valid, dim=1, eps=c.minmax_eps, fill=-1.0)  # over tokens per patch
         n_tok = text_mask.sum(1)                                             # M_i (B,)
         pair_mask = n_tok > 0                                                # a pair with a token has PGLs
-        n_entries = (n_tok.sum() * p).clamp_min(1).to(dtype)
+        n_valid = n_tok.sum() * p                                            # valid (token, patch) entries
+        n_entries = n_valid.clamp_min(1).to(dtype)
 
         # §3.2–3.3 thresholds: momentum gates on S̄ (mean over valid entries), or the fixed 1/P, 1/T
         if c.fixed_thresholds:
@@ -405,8 +419,9 @@ class AGAHead(nn.Module):
             with torch.no_grad():  # padding is −1: clamping it to 0 leaves the sum of valid entries
                 s_bar_tg = s_tg.clamp_min(0).sum() / n_entries
                 s_bar_vg = s_vg.clamp_min(0).sum() / n_entries
-            sigma_tg = self.gate_tg(s_bar_tg).to(dtype)
-            sigma_vg = self.gate_vg(s_bar_vg).to(dtype)
+            # σ moves only on a finite S̄ of a batch with a valid entry (the gate checks both)
+            sigma_tg = self.gate_tg(s_bar_tg, n_valid > 0).to(dtype)
+            sigma_vg = self.gate_vg(s_bar_vg, n_valid > 0).to(dtype)
             out.update(s_bar_tg=s_bar_tg, s_bar_vg=s_bar_vg)  # what σ moves towards
         g_tg, keep_tg = threshold_gate(s_tg, sigma_tg)
         g_vg, keep_vg = threshold_gate(s_vg, sigma_vg)

@@ -22,6 +22,7 @@ from medalign_lite.methods.aga import (
     momentum_update,
     threshold_gate,
 )
+
 from .fakes import FakeImageEncoder, FakeTextEncoder
 
 LOSS_KEYS = ("loss", "loss_global", "loss_tf", "loss_vf", "loss_gla", "loss_gva")
@@ -282,6 +283,88 @@ def test_momentum_gate_update_formula_train_only():
     assert {"gate_tg.sigma", "gate_vg.sigma", "gate_tg.initialized"} <= set(head.state_dict())
 
 
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 4), t=st.integers(1, 6), p=st.integers(1, 6), seed=st.integers(0, 10_000),
+       pattern=st.sampled_from(["random", "none_in_one", "none", "all"]),
+       same=st.sampled_from([None, "tokens", "patches"]))
+def test_s_bar_matches_per_pair_reference_and_moves_sigma_only_when_valid(b, t, p, seed, pattern, same):
+    """S̄ is the mean over the batch's valid (token, patch) entries only; σ follows the momentum
+    formula with it when there is one, and stays when there is none."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(b, t, generator=g) < 0.6
+    if pattern == "none_in_one":
+        mask[0] = False
+    elif pattern == "none":
+        mask[:] = False
+    elif pattern == "all":
+        mask[:] = True
+    x = _inputs(b, t, p, 4, seed, mask=mask, same_tokens=same == "tokens", same_patches=same == "patches")
+    head = _head(4, sigma_init=0.37, gamma_tg=0.9, gamma_vg=0.8).train()
+    out = head(*x)
+    want_tg, want_vg = reference_s_bar(x[0], x[2], mask)
+    assert float(out["s_bar_tg"]) == pytest.approx(want_tg, abs=1e-9)
+    assert float(out["s_bar_vg"]) == pytest.approx(want_vg, abs=1e-9)
+    if mask.any():
+        assert float(head.gate_tg.sigma) == pytest.approx(0.9 * 0.37 + 0.1 * want_tg, abs=1e-6)
+        assert float(head.gate_vg.sigma) == pytest.approx(0.8 * 0.37 + 0.2 * want_vg, abs=1e-6)
+    else:  # no valid token in the batch: nothing to move towards
+        assert float(head.gate_tg.sigma) == float(head.gate_vg.sigma) == pytest.approx(0.37)
+
+
+def test_momentum_update_needs_a_finite_s_bar_of_a_valid_batch():
+    s = torch.tensor(0.5)
+    assert float(momentum_update(s, torch.tensor(0.1), 0.9)) == pytest.approx(0.46)
+    assert float(momentum_update(s, torch.tensor(0.1), 0.9, valid=torch.tensor(False))) == 0.5
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert float(momentum_update(s, torch.tensor(bad), 0.9)) == 0.5
+
+
+def test_a_nan_batch_leaves_sigma_unchanged():
+    """Before: one NaN batch made σ NaN for good; later losses were finite but every group was
+    empty and IGA/BCGA sat at log T / log P."""
+    d, b, t, p = 4, 3, 5, 6
+    mask = torch.ones(b, t, dtype=torch.bool)
+    clean1, clean2 = _inputs(b, t, p, d, 1, mask=mask), _inputs(b, t, p, d, 2, mask=mask)
+    poisoned = list(clean1)
+    poisoned[0] = clean1[0].clone()
+    poisoned[0][1, 2, 0] = float("nan")  # one patch of one image
+    for init in (None, 0.5):
+        ref, head = _head(d, sigma_init=init).train(), _head(d, sigma_init=init).train()
+        if init is None:  # an initialised gate first (the uninitialised case is below)
+            ref(*clean1), head(*clean1)
+        before = head.gate_tg.sigma.clone(), head.gate_vg.sigma.clone()
+        out = head(*poisoned)
+        assert not torch.isfinite(out["s_bar_tg"]) and not torch.isfinite(out["loss"])
+        assert torch.equal(head.gate_tg.sigma, before[0]) and torch.equal(head.gate_vg.sigma, before[1])
+        want, got = ref(*clean2), head(*clean2)  # as if the NaN batch had never been seen
+        assert torch.equal(head.gate_tg.sigma, ref.gate_tg.sigma) and torch.equal(head.gate_vg.sigma, ref.gate_vg.sigma)
+        for k in LOSS_KEYS:
+            assert torch.isfinite(got[k]) and torch.equal(got[k], want[k]), k
+        assert float(got["group_size_tgv"]) > 0 and float(got["group_size_pgl"]) > 0
+        assert float(got["loss_tf"]) < math.log(t) - 1e-3  # not the flat log T of empty groups
+    fresh = _head(d).train()  # the first training batch is the NaN one: σ stays uninitialised
+    fresh(*poisoned)
+    assert not fresh.gate_tg.initialized and torch.isfinite(fresh.gate_tg.sigma)
+    fresh(*clean2)
+    s2 = reference_s_bar(clean2[0], clean2[2], mask)
+    assert float(fresh.gate_tg.sigma) == pytest.approx(s2[0], abs=1e-6) and fresh.gate_tg.initialized
+
+
+def test_a_batch_without_valid_tokens_leaves_sigma_unchanged():
+    """Before: S̄ = 0 for such a batch pulled σ towards 0 (0.530 → 0.514 in 3 steps)."""
+    d = 4
+    empty = _inputs(2, 5, 6, d, 1, mask=torch.zeros(2, 5, dtype=torch.bool))
+    head = _head(d, sigma_init=0.53).train()
+    for _ in range(3):
+        out = head(*empty)
+        for k in LOSS_KEYS:
+            assert torch.isfinite(out[k]), k
+    assert float(head.gate_tg.sigma) == float(head.gate_vg.sigma) == pytest.approx(0.53)
+    fresh = _head(d).train()
+    fresh(*empty)
+    assert not fresh.gate_tg.initialized and not fresh.gate_vg.initialized
+
+
 def test_fixed_threshold_variant():
     d, p = 4, 7
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]).bool()
@@ -357,9 +440,9 @@ def test_gradients_reach_both_encoders_and_bcga():
 
 def test_registered_and_configs_load():
     from medalign_lite.config import load_config
+    from medalign_lite.methods import get_method
     from medalign_lite.models.text import TextConfig
     from medalign_lite.models.vision import VisionConfig
-    from medalign_lite.methods import get_method
     from medalign_lite.train import TrainConfig
 
     spec = get_method("aga")
