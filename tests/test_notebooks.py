@@ -185,7 +185,8 @@ def test_a_bad_parameter_is_a_value_error_naming_it(tmp_path, data_home, monkeyp
     nb = next(p for p in NOTEBOOKS if p.stem == "02_aga_gating_iga_bcga")
     for params, words in (({"n_seeds": 0}, "parameter n_seeds = 0: must be an integer >= 1"),
                           ({"ablations": ["full", "fuller"]}, "parameter ablations"),
-                          ({"overrides": ["model.use_bcgaa=false"]}, "parameter config/overrides: unknown key")):
+                          ({"overrides": ["model.use_bcgaa=false"]}, "parameter config/overrides: unknown key"),
+                          ({"config": "aga_huge"}, "parameter config/overrides: no config file 'aga_huge'")):
         with pytest.raises(PapermillExecutionError) as err:
             papermill.execute_notebook(str(nb), str(tmp_path / "bad.ipynb"), kernel_name="python3",
                                        parameters={"smoke": True, "output_dir": str(tmp_path / "bad"), **params},

@@ -61,9 +61,9 @@ def check_subset(name: str, value: Any, allowed: Sequence[Any], nonempty: bool =
 
 
 def loaded(name: str, load: Callable, *args, **kwargs):
-    """``load(*args, **kwargs)``, its ``ValueError`` (a config key or value) reported as a
-    problem of parameter ``name``."""
+    """``load(*args, **kwargs)``, its ``ValueError`` (a config key or value) or
+    ``FileNotFoundError`` (no such config) reported as a ``ValueError`` of parameter ``name``."""
     try:
         return load(*args, **kwargs)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"parameter {name}: {e}") from None

@@ -179,11 +179,13 @@ class S2DResults:
     def metrics(self) -> dict:
         """Flat numbers for ``metrics.json``: ``test/<system>/<key>`` (whole evaluation set,
         with ``per_observation``), ``ablation/<variant>/seed<s>/<key>`` and
-        ``ablation/<variant>/<key>_mean`` / ``_std`` (common subset), seconds per run."""
+        ``ablation/<variant>/<key>_mean`` / ``_std`` (common subset), seconds per run. The
+        ``test/`` scores of a variant are its first seed's."""
         import numpy as np
 
         out: dict = {}
-        systems = {**{f"{r.name}": r.full_scores for r in self.runs if r.full_scores is not None and r.seed == self.runs[0].seed},
+        first = min((r.seed for r in self.runs), default=None)  # whole-set scores: the first seed's
+        systems = {**{r.name: r.full_scores for r in self.runs if r.full_scores is not None and r.seed == first},
                    **{n: b.full_scores for n, b in self.baselines.items()}}
         for n, sc in systems.items():
             for k, v in sc.items():
