@@ -6,18 +6,27 @@ torchxrayvision.
 """
 from __future__ import annotations
 
+import inspect
+import io
 import json
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from medalign_lite.data.builders.realdata import save_resized
 from medalign_lite.data.findings import CHEXPERT_LABELS
 from medalign_lite.data.manifest import read_manifest_csv, validate_manifest
-from medalign_lite.data.sections import clean_report, normalise_whitespace, section_name, section_report
+from medalign_lite.data.sections import (
+    clean_report,
+    normalise_whitespace,
+    section_name,
+    section_report,
+)
 
 
 def _img(path, shape=(40, 32), value=100):
@@ -25,9 +34,13 @@ def _img(path, shape=(40, 32), value=100):
     Image.fromarray(np.full(shape, value, np.uint8)).save(path)
 
 
+# builds that do not resize point at the originals (``../root/...``): allowed where the validator asks
+_OUTSIDE = {"allow_absolute": True} if "allow_absolute" in inspect.signature(validate_manifest).parameters else {}
+
+
 def _valid(out_dir):
     df = read_manifest_csv(out_dir / "manifest.csv")
-    assert validate_manifest(df, out_dir) == []
+    assert validate_manifest(df, out_dir, **_OUTSIDE) == []
     return df
 
 
@@ -337,7 +350,10 @@ def test_chexpert_pool_rule():
 
 
 def test_chexpert_pool_sizes_of_shipped_csv():
-    from medalign_lite.data.builders.chexpert import five_by_two_hundred_pools, read_table
+    from medalign_lite.data.builders.chexpert import (
+        five_by_two_hundred_pools,
+        read_table,
+    )
 
     table, source = read_table(None)
     assert source.endswith("chexpert_train.csv.gz")
@@ -465,7 +481,11 @@ def test_rsna_shipped_labels_and_missing_images(tmp_path):
 
 def _write_dicom(path, arr, monochrome1=False):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -511,3 +531,286 @@ def test_chexpert_limit_keeps_every_class(tmp_path):
     chexpert.build(tmp_path / "out", root=root, per_class=4, limit=7, progress=False)
     df = _valid(tmp_path / "out")
     assert len(df) == 7 and set(df["label"]) == set(CLASSES)
+
+
+# --------------------------------------------------------------------------------------
+# unreadable sources: a bad image is skipped and listed, a bad required table is one error
+# --------------------------------------------------------------------------------------
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _mimic_image(root, subject, study, dicom):
+    return root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
+
+
+def _unreadable(info):
+    return {e["path"]: e["reason"] for e in info["unreadable_images"]}
+
+
+def test_mimic_unreadable_images_are_skipped_and_listed(tmp_path, capsys):
+    """A truncated JPEG used to abort the whole build with "OSError: Truncated File Read",
+    naming no file; now its study goes like one whose JPEG is missing, and the file is listed."""
+    from medalign_lite.data.builders import mimic_cxr
+
+    root, out = tmp_path / "mimic", tmp_path / "out"
+    root.mkdir()
+    _mimic_tree(root)
+    d1a = _mimic_image(root, 10000001, 50000003, "d1a")          # frontal of 50000003, prior of 50000001
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 160), dtype=np.uint8)).save(d1a, quality=95)
+    _truncate(d1a, 0.3)                                           # "Truncated File Read" at 0.3
+    d3b = _mimic_image(root, 10000001, 50000002, "d3b")          # lateral of 50000002
+    d3b.write_bytes(b"")
+    d8a = _mimic_image(root, 11000004, 50000008, "d8a")          # frontal of the only test study
+    d8a.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG" * 4)
+    with pytest.raises(OSError, match="Truncated File Read|truncated"):  # what aborted the build before
+        save_resized(d1a, tmp_path / "x.png", 16)
+    mimic_cxr.build(out, root=root, size=16, progress=False)
+    df = _valid(out).set_index("study_id")
+    info = json.loads((out / "build_info.json").read_text())
+    assert "50000003" not in df.index and "50000008" not in df.index        # dropped: frontal unreadable
+    assert sorted(df.index) == ["50000001", "50000002", "50000005", "50000007", "50000009"]
+    assert df.loc["50000001", "prior_frontal"] == "" and df.loc["50000001", "prior_lateral"] == "images/16/d1b.png"
+    assert df.loc["50000002", "lateral"] == "" and df.loc["50000002", "frontal"] == "images/16/d3a.png"
+    assert (info["dropped_frontal_file_unreadable"], info["blanked_unreadable_image_files"]) == (2, 2)
+    bad = _unreadable(info)
+    assert set(bad) == {str(d1a), str(d3b), str(d8a)}
+    assert "truncated" in bad[str(d1a)].lower() and bad[str(d8a)].startswith(("UnidentifiedImageError", "OSError"))
+    assert info["unreadable_reports"] == []
+    captured = capsys.readouterr()
+    assert "2 with it unreadable" in captured.out
+    assert "3 unreadable image file(s) skipped" in captured.err and str(d3b) in captured.err  # first by path
+    assert not any((out / "images" / "16").glob("d1a*")) and not list(out.rglob("*.tmp*"))
+    # the rebuild decides the same (the bad files are tried again, the good copies reused)
+    stamp = (out / "images/16/d2a.png").stat().st_mtime_ns
+    mimic_cxr.build(out, root=root, size=16, progress=False)
+    assert sorted(_valid(out)["study_id"]) == sorted(df.index)
+    assert (out / "images/16/d2a.png").stat().st_mtime_ns == stamp
+    # a fixed file comes back
+    _img(d1a)
+    mimic_cxr.build(out, root=root, size=16, progress=False)
+    assert "50000003" in set(_valid(out)["study_id"])
+    assert str(d1a) not in _unreadable(json.loads((out / "build_info.json").read_text()))
+
+
+def test_mimic_originals_empty_files_are_unreadable(tmp_path):
+    """Without ``size`` nothing is decoded, but an empty file is never put in a manifest."""
+    from medalign_lite.data.builders import mimic_cxr
+
+    root, out = tmp_path / "mimic", tmp_path / "out"
+    root.mkdir()
+    _mimic_tree(root)
+    _mimic_image(root, 10000001, 50000002, "d3b").write_bytes(b"")   # a lateral
+    _mimic_image(root, 11000005, 50000009, "d9a").write_bytes(b"")   # a frontal
+    mimic_cxr.build(out, root=root, progress=False)
+    df = _valid(out).set_index("study_id")
+    info = json.loads((out / "build_info.json").read_text())
+    assert "50000009" not in df.index and df.loc["50000002", "lateral"] == ""
+    assert set(_unreadable(info).values()) == {"empty file (0 bytes)"}
+    assert (info["dropped_frontal_file_unreadable"], info["blanked_unreadable_image_files"]) == (1, 1)
+
+
+def test_resized_copy_damaged_in_the_cache_is_written_again(tmp_path):
+    from medalign_lite.data.builders import mimic_cxr
+
+    root, out = tmp_path / "mimic", tmp_path / "out"
+    root.mkdir()
+    _mimic_tree(root)
+    mimic_cxr.build(out, root=root, size=16, limit=3, progress=False)
+    copy = out / "images/16/d1a.png"
+    good = copy.read_bytes()
+    _truncate(copy)
+    mimic_cxr.build(out, root=root, size=16, limit=3, progress=False)
+    assert copy.read_bytes() == good
+
+
+def test_mimic_all_images_unreadable_is_one_error(tmp_path):
+    from medalign_lite.data.builders import mimic_cxr
+    from medalign_lite.data.builders.realdata import SourceFileError
+
+    root, out = tmp_path / "mimic", tmp_path / "out"
+    root.mkdir()
+    _mimic_tree(root)
+    for p in (root / "files").rglob("*.jpg"):
+        p.write_bytes(b"not a jpeg")
+    with pytest.raises(SourceFileError, match="none of the 11 images can be read"):
+        mimic_cxr.build(out, root=root, size=16, progress=False)
+    assert not (out / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "no split column", "plain csv named .gz"])
+def test_mimic_corrupt_metadata_is_one_error_naming_the_file(tmp_path, damage, capsys):
+    from medalign_lite.cli import main
+    from medalign_lite.data.builders import mimic_cxr
+    from medalign_lite.data.builders.realdata import SourceFileError
+
+    root, out = tmp_path / "mimic", tmp_path / "out"
+    root.mkdir()
+    _mimic_tree(root)
+    bad = root / ("mimic-cxr-2.0.0-split.csv.gz" if damage == "no split column" else "mimic-cxr-2.0.0-metadata.csv.gz")
+    if damage == "garbage":
+        bad.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)   # a gzip header, then noise
+    elif damage == "truncated":
+        _truncate(bad)
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "no split column":
+        pd.read_csv(bad).drop(columns="split").to_csv(bad, index=False)
+    else:
+        bad.write_text(pd.read_csv(bad).to_csv(index=False))           # gunzipped, name kept
+    with pytest.raises(SourceFileError) as err:
+        mimic_cxr.build(out, root=root, size=16, progress=False)
+    assert str(err.value).startswith(f"{bad}: cannot read the MIMIC-CXR-JPG")
+    assert isinstance(err.value, OSError) and isinstance(err.value, ValueError)
+    assert "\n" not in str(err.value)
+    if damage == "no split column":
+        assert "no column 'split'" in str(err.value)
+    assert not out.exists()  # nothing created
+    # the command line prints one line naming the file, no traceback
+    capsys.readouterr()
+    assert main(["data", "build", "mimic-cxr", "--root", str(root), "--out", str(out), "--size", "16",
+                 "--quiet"]) != 0
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and str(bad) in err_lines[0]
+    assert not out.exists()
+
+
+def test_mimic_corrupt_reports_zip(tmp_path):
+    from medalign_lite.data.builders import mimic_cxr
+    from medalign_lite.data.builders.realdata import SourceFileError
+
+    root, out = tmp_path / "mimic", tmp_path / "out"
+    root.mkdir()
+    files = _mimic_tree(root, reports_in_root=False)
+    archive = tmp_path / "mimic-cxr-reports.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for rel, text in files.items():
+            z.writestr(rel, text * 20)
+    good = archive.read_bytes()
+    archive.write_bytes(good[: len(good) // 2])                       # cut short: no central directory
+    with pytest.raises(SourceFileError, match=f"^{archive}: cannot read the MIMIC-CXR reports archive"):
+        mimic_cxr.build(out, root=root, reports_root=archive, progress=False)
+    # one damaged member: that report counts as missing, and is listed
+    member = "files/p10/p10000001/s50000002.txt"
+    with zipfile.ZipFile(io.BytesIO(good)) as z:
+        info = z.getinfo(member)
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    damaged = bytearray(good)
+    damaged[start + 5] ^= 0xFF
+    archive.write_bytes(bytes(damaged))
+    mimic_cxr.build(out, root=root, reports_root=archive, progress=False)
+    df = _valid(out).set_index("study_id")
+    info = json.loads((out / "build_info.json").read_text())
+    assert "50000002" not in df.index and info["missing_report_files"] == 1
+    assert [e["path"] for e in info["unreadable_reports"]] == [f"{archive}:{member}"]
+
+
+def test_chexpert_unreadable_image_dropped_and_counted(tmp_path, capsys):
+    from medalign_lite.data.builders import chexpert
+
+    root, out = tmp_path / "chexpert", tmp_path / "out"
+    table = _chexpert_tree(root)
+    chexpert.build(tmp_path / "first", root=root, per_class=4, seed=0, progress=False)
+    first = _valid(tmp_path / "first")
+    victim = root / "CheXpert-v1.0-small" / first.loc[0, "frontal"].split("CheXpert-v1.0-small/", 1)[1]
+    assert victim.is_file() and str(victim.relative_to(root)) in set(table["Path"])
+    _truncate(victim)
+    chexpert.build(out, root=root, per_class=4, seed=0, size=16, progress=False)
+    df = _valid(out)
+    info = json.loads((out / "build_info.json").read_text())
+    assert len(df) == 19 and list(df["study_id"]) == list(first["study_id"].iloc[1:])  # the rest as drawn
+    assert info["dropped_image_unreadable"] == {first.loc[0, "label"]: 1} and info["rows"] == 19
+    assert list(_unreadable(info)) == [str(victim)]
+    assert "unreadable images dropped" in capsys.readouterr().out
+
+
+def test_chexpert_corrupt_label_table(tmp_path):
+    from medalign_lite.data.builders import chexpert
+    from medalign_lite.data.builders.realdata import SourceFileError
+
+    root = tmp_path / "chexpert"
+    _chexpert_tree(root)
+    csv = root / "CheXpert-v1.0-small" / "train.csv"
+    csv.write_bytes(b"\xff\xfe\x00garbage\x00\n\x80\x81")
+    with pytest.raises(SourceFileError, match=f"^{csv}: cannot read CheXpert's train.csv"):
+        chexpert.build(tmp_path / "out", root=root, per_class=4, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the broken header
+def test_rsna_unreadable_images_and_labels(tmp_path):
+    pytest.importorskip("pydicom")
+    from medalign_lite.data.builders import rsna
+    from medalign_lite.data.builders.realdata import SourceFileError
+
+    root, out = tmp_path / "rsna", tmp_path / "out"
+    root.mkdir()
+    ids = _rsna_tree(root, n=12)
+    images = root / "stage_2_train_images"
+    (images / f"{ids[2]}.jpg").write_bytes(b"")                              # empty
+    _truncate(images / f"{ids[3]}.png")                                       # truncated PNG
+    (images / f"{ids[4]}.jpg").unlink()
+    _write_dicom(images / f"{ids[4]}.dcm", np.tile(np.arange(0, 4000, 100), (30, 1)))
+    _truncate(images / f"{ids[4]}.dcm", 0.6)                                  # DICOM without all its pixels
+    (images / f"{ids[6]}.jpg").unlink()
+    (images / f"{ids[6]}.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00" * 10)  # a broken header
+    rsna.build(out, root=root, size=15, progress=False)
+    df = _valid(out).set_index("study_id")
+    info = json.loads((out / "build_info.json").read_text())
+    lost = {ids[2], ids[3], ids[4], ids[6]}
+    assert set(df.index) == set(ids[:-2]) - lost
+    assert (info["dropped_image_missing"], info["dropped_image_unreadable"], info["rows"]) == (2, 4, 6)
+    bad = _unreadable(info)
+    assert {Path(p).stem for p in bad} == lost and bad[str(images / f"{ids[2]}.jpg")] == "empty file (0 bytes)"
+    assert bad[str(images / f"{ids[3]}.png")] == "OSError: image file is truncated"
+    assert "pixel data" in bad[str(images / f"{ids[4]}.dcm")]
+    # the label table: unreadable -> one error naming it, nothing written
+    labels = root / "stage_2_train_labels.csv"
+    labels.write_text("patientId,Target\n\"unterminated,1\n")
+    with pytest.raises(SourceFileError, match=f"^{labels}: cannot read the RSNA label table"):
+        rsna.build(tmp_path / "out2", root=root, progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+def _iu_tree(root, n=6):
+    from medalign_lite.data.iu_xray import load_iu_reports
+
+    reports = load_iu_reports().iloc[:n]
+    for rec in reports.itertuples():
+        for image_id in rec.image_ids:
+            _img(root / f"{image_id}.png", (24, 20), 90)
+    return reports
+
+
+def test_iu_xray_unreadable_images(tmp_path):
+    from medalign_lite.data.builders import iu_xray
+
+    root, out = tmp_path / "NLMCXR_png", tmp_path / "out"
+    _iu_tree(root)
+    iu_xray.build(tmp_path / "first", root=root, limit=6, size=8, progress=False)
+    first = _valid(tmp_path / "first").set_index("study_id")
+    frontal = root / f"{first.loc['CXR1', 'image_id']}.png"
+    lateral = root / Path(first.loc["CXR2", "lateral"]).name
+    _truncate(frontal)
+    lateral.write_bytes(b"")
+    iu_xray.build(out, root=root, limit=6, size=8, progress=False)
+    df = _valid(out).set_index("study_id")
+    info = json.loads((out / "build_info.json").read_text())
+    assert "CXR1" not in df.index and set(df.index) == set(first.index) - {"CXR1"}
+    assert df.loc["CXR2", "lateral"] == "" and df.loc["CXR2", "frontal"] == first.loc["CXR2", "frontal"]
+    assert (info["dropped_frontal_unreadable"], info["blanked_lateral_unreadable"]) == (1, 1)
+    assert set(_unreadable(info)) == {str(frontal), str(lateral)}
+
+
+def test_iu_xray_corrupt_annotation(tmp_path):
+    from medalign_lite.data.builders import iu_xray
+    from medalign_lite.data.builders.realdata import SourceFileError
+
+    root = tmp_path / "iu_xray"
+    _img(root / "images" / "CXR1_1_IM-0001" / "0.png")
+    (root / "annotation.json").write_text('{"train": [{"id": "CXR1_1_IM-0001"}')  # cut short
+    with pytest.raises(SourceFileError, match=f"^{root / 'annotation.json'}: cannot read R2Gen's annotation.json"):
+        iu_xray.build(tmp_path / "out", root=root, split="r2gen", progress=False)
+    assert not (tmp_path / "out").exists()

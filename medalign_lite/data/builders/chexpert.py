@@ -28,6 +28,12 @@ The rule (GLoRIA ``preprocess_chexpert_5x200_data``, research note §3), exactly
 The pools are disjoint by construction. Pool sizes are printed and recorded in
 ``build_info.json``; :func:`five_by_two_hundred_pools` exposes the rule without images.
 
+An image that is there but cannot be read (with ``size``: not decodable; without: an empty
+file) is dropped, so its class has fewer than ``per_class`` rows; it is counted per class and
+listed with its reason in ``build_info.json`` (``unreadable_images``) and a line says so. The
+sample is not redrawn to replace it: the other rows stay the seed's. A label table that cannot
+be read is one :class:`~.realdata.SourceFileError` naming it.
+
 Rows: one per *image* (``study_id`` = ``patient00001/study1/view1_frontal``; a study can
 contribute two frontal images), ``patient_id`` = ``patient00001``, ``split`` = ``test``,
 ``view`` = the CSV's AP/PA, findings / impression blank (CheXpert's reports are not public; the
@@ -44,7 +50,16 @@ import pandas as pd
 from ..findings import CHEXPERT_LABELS
 from ..iu_xray import shipped_file
 from ..manifest import write_manifest
-from .realdata import LayoutError, image_refs, label_strings, require, write_build_info
+from .realdata import (
+    LayoutError,
+    image_refs,
+    label_strings,
+    read_csv_table,
+    require,
+    unreadable_entries,
+    warn_unreadable,
+    write_build_info,
+)
 
 NAME = "chexpert-5x200"
 CLASSES: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -104,9 +119,10 @@ def read_table(root: Path | None = None) -> tuple[pd.DataFrame, str]:
     if root is not None:
         for base in (root, *(root / f for f in IMAGE_FOLDERS)):
             if (base / "train.csv").is_file():
-                return pd.read_csv(base / "train.csv"), str(base / "train.csv")
+                return read_csv_table(base / "train.csv", "CheXpert's train.csv", columns=("Path",)), \
+                    str(base / "train.csv")
     path = shipped_file(SHIPPED_CSV)
-    return pd.read_csv(path), str(path)
+    return read_csv_table(path, "torchxrayvision's CheXpert label table", columns=("Path",)), str(path)
 
 
 def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, per_class: int = PER_CLASS,
@@ -137,8 +153,12 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, per_
                           f"Expected layout:\n{LAYOUT}")
     parts = sub.str.split("/")
     image_id = parts.str[1] + "/" + parts.str[2] + "/" + parts.str[3].str.rsplit(".", n=1).str[0]
-    refs = image_refs(base, sub.tolist(), image_id.str.replace("/", "_").tolist(), out_dir, size,
-                      progress=progress, workers=workers, desc="resize chexpert")
+    refs, unreadable = image_refs(base, sub.tolist(), image_id.str.replace("/", "_").tolist(), out_dir, size,
+                                  progress=progress, workers=workers, desc="resize chexpert")
+    readable = np.array([r != "" for r in refs], dtype=bool)
+    dropped = {c: int(n) for c, n in picked.loc[~readable, "label"].value_counts().items()}
+    picked, parts, image_id = picked[readable], parts[readable], image_id[readable]
+    refs = [r for r in refs if r]
 
     out = pd.DataFrame({
         "study_id": image_id.to_numpy(),
@@ -158,5 +178,10 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, per_
     out_dir.mkdir(parents=True, exist_ok=True)  # relative paths are validated from here
     path = write_manifest(out, out_dir / "manifest.csv")
     write_build_info(out_dir, {"dataset": NAME, "root": str(root), "label_table": source, "seed": seed,
-                               "per_class": per_class, "pool_sizes": pool_sizes, "rows": len(out)})
+                               "per_class": per_class, "pool_sizes": pool_sizes, "rows": len(out),
+                               "dropped_image_unreadable": dropped,
+                               "unreadable_images": unreadable_entries(unreadable)})
+    if dropped:
+        print("chexpert-5x200: unreadable images dropped: " + ", ".join(f"{c} {n}" for c, n in dropped.items()))
+    warn_unreadable(NAME, unreadable)
     return path

@@ -24,6 +24,10 @@ Choices:
   frontal of known view and another of unknown view, the other one (IU studies are "PA and
   lateral"; counted as ``lateral_unknown_view``). Reports none of whose images is on disk
   (104 reports have no image at all) or whose images are all laterals are dropped and counted.
+* **Unreadable images** (with ``size``: a PNG that cannot be decoded; without: an empty file)
+  count like missing ones: a report whose chosen frontal is unreadable is dropped, an
+  unreadable lateral is left blank; both are counted and listed with their reasons in
+  ``build_info.json`` (``unreadable_images``).
 * **R2Gen layout**: ``0.png`` is taken as the frontal and ``1.png`` as the lateral, R2Gen's
   convention (not checked image by image); ``view`` is blank.
 * **Split**: ``split="seeded"`` (default): a seeded patient-disjoint 70/15/15 split over all
@@ -51,7 +55,19 @@ from ..findings import CHEXPERT_LABELS
 from ..iu_xray import iu_image_view_table, load_iu_reports
 from ..manifest import split_patients, write_manifest
 from ..sections import normalise_whitespace
-from .realdata import LayoutError, file_names, image_refs, label_strings, require, write_build_info
+from .realdata import (
+    LayoutError,
+    SourceFileError,
+    an_example,
+    file_names,
+    image_refs,
+    label_strings,
+    reason,
+    require,
+    unreadable_entries,
+    warn_unreadable,
+    write_build_info,
+)
 
 NAME = "iu-xray"
 FRONTAL_VIEWS = ("PA", "AP")
@@ -79,7 +95,13 @@ def _pick_open_i(ids: list[str], views: list[str], available) -> tuple[str, str,
 
 def _r2gen_splits(root: Path) -> dict[str, str]:
     path = require(root / "annotation.json", "R2Gen annotation.json", LAYOUT)
-    ann = json.loads(path.read_text())
+    try:
+        ann = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise SourceFileError(f"{path}: cannot read R2Gen's annotation.json ({reason(e)})") from e
+    if not isinstance(ann, dict):
+        raise SourceFileError(f"{path}: cannot read R2Gen's annotation.json (a JSON object with train / val / "
+                              f"test lists expected, not {type(ann).__name__})")
     return {item["id"]: {"validate": "val"}.get(name, name)
             for name in ("train", "val", "test") for item in ann.get(name, [])}
 
@@ -113,7 +135,7 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, view
     rows = []
     counts = {"reports": len(reports), "dropped_no_image_file": 0, "dropped_only_lateral": 0,
               "dropped_empty_report": 0, "dropped_not_in_r2gen_split": 0, "frontal_unknown_view": 0,
-              "lateral_unknown_view": 0}
+              "lateral_unknown_view": 0, "dropped_frontal_unreadable": 0, "blanked_lateral_unreadable": 0}
     for rec in tqdm(reports.itertuples(index=False), total=len(reports), desc="iu-xray", unit="report",
                     disable=not progress):
         if r2gen:
@@ -154,10 +176,19 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, view
         raise LayoutError(f"none of the IU X-Ray report images was found in {root}\nExpected layout:\n{LAYOUT}")
     df = pd.DataFrame(rows)
     n = len(df)
-    refs = image_refs(root, df["_frontal"].tolist() + df["_lateral"].tolist(),
-                      df["_fkey"].tolist() + df["_lkey"].tolist(), out_dir, size, progress=progress,
-                      workers=workers, desc="resize iu-xray")
+    refs, unreadable = image_refs(root, df["_frontal"].tolist() + df["_lateral"].tolist(),
+                                  df["_fkey"].tolist() + df["_lkey"].tolist(), out_dir, size, progress=progress,
+                                  workers=workers, desc="resize iu-xray")
     df["frontal"], df["lateral"] = refs[:n], refs[n:]
+    # an unreadable image counts like a missing one: no frontal, no row; an unreadable lateral is blank
+    frontal_lost = df["frontal"] == ""
+    counts["dropped_frontal_unreadable"] = int(frontal_lost.sum())
+    counts["blanked_lateral_unreadable"] = int(((df["_lateral"] != "") & (df["lateral"] == "") & ~frontal_lost).sum())
+    df = df[~frontal_lost].reset_index(drop=True)
+    if df.empty:
+        raise SourceFileError(f"{root}: no report left with a readable frontal image "
+                              f"({len(unreadable)} unreadable, e.g. {an_example(unreadable)})")
+    n = len(df)
     df = df.drop(columns=["_frontal", "_lateral", "_fkey", "_lkey"])
     labels = label_reports((df["findings"] + " " + df["impression"]).tolist())
     for j, c in enumerate(CHEXPERT_LABELS):
@@ -166,9 +197,11 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, view
     path = write_manifest(df, out_dir / "manifest.csv")
     counts.update(rows=int(n), layout="r2gen" if r2gen else "open-i", views=views, split=split, seed=seed,
                   splits={k: int(v) for k, v in df["split"].value_counts().items()})
-    write_build_info(out_dir, {"dataset": NAME, "root": str(root), **counts})
+    write_build_info(out_dir, {"dataset": NAME, "root": str(root), **counts,
+                               "unreadable_images": unreadable_entries(unreadable)})
     print(f"iu-xray: {n} reports {counts['splits']}; dropped {counts['dropped_empty_report']} with empty "
           f"findings and impression, {counts['dropped_no_image_file']} without an image on disk, "
-          f"{counts['dropped_only_lateral']} with laterals only; {counts['frontal_unknown_view']} frontals of "
-          f"unknown view")
+          f"{counts['dropped_only_lateral']} with laterals only, {counts['dropped_frontal_unreadable']} with the "
+          f"frontal unreadable; {counts['frontal_unknown_view']} frontals of unknown view")
+    warn_unreadable(NAME, unreadable)
     return path

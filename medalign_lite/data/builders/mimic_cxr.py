@@ -19,7 +19,11 @@ Rows and choices:
   ``dicom_id`` when there are several; ``view`` says which). Lateral = the first ``LATERAL``
   / ``LL`` image by ``dicom_id``. Studies without a PA/AP image are dropped and counted;
   with a partial download, studies whose frontal JPEG is missing are dropped and counted and
-  a missing lateral / prior image is left blank (counted).
+  a missing lateral / prior image is left blank (counted). An image that is there but cannot
+  be read (truncated, corrupt, empty; decoded only when ``size`` is given) is treated the same
+  way, counted apart and listed with its reason in ``build_info.json``. A metadata table that
+  cannot be read (a corrupt ``.csv.gz``) stops the build before it writes anything, with one
+  :class:`~.realdata.SourceFileError` naming the file.
 * **Prior study** (ALTA's temporal input, research note §1.4): the subject's previous study
   in the metadata by (``StudyDate``, ``StudyTime``, ``study_id``), whether or not that study
   itself makes a row; ``prior_frontal`` / ``prior_lateral`` are its images (blank when it
@@ -27,7 +31,8 @@ Rows and choices:
 * **Text** from :func:`~medalign_lite.data.sections.section_report`. When a report has no
   findings and no impression, its ``last_paragraph`` is used as the impression (MIT-LCP's
   fallback; ``use_last_paragraph=False`` turns that off, as in MGCA). Studies left with
-  neither section are dropped and counted; a missing report file counts as empty.
+  neither section are dropped and counted; a missing report file counts as empty, and so does
+  one that cannot be read (listed in ``build_info.json``'s ``unreadable_reports``).
 * **Labels** from ``-chexpert.csv`` (1 / 0 / -1 / blank), joined on the integer study id.
 * **Split.** The official split, ``validate`` → ``val`` and ``test`` kept apart (MGCA merges
   them; we never do). The official split is assigned per study; if a subject has studies in
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +61,20 @@ from tqdm.auto import tqdm
 from ..findings import CHEXPERT_LABELS
 from ..manifest import write_manifest
 from ..sections import normalise_whitespace, section_report
-from .realdata import LayoutError, find_table, image_refs, label_strings, require, write_build_info
+from .realdata import (
+    LayoutError,
+    SourceFileError,
+    an_example,
+    find_table,
+    image_refs,
+    label_strings,
+    read_csv_table,
+    reason,
+    require,
+    unreadable_entries,
+    warn_unreadable,
+    write_build_info,
+)
 
 NAME = "mimic-cxr"
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
@@ -83,10 +102,12 @@ def read_tables(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, pd
         if paths[name] is None:
             raise LayoutError(f"{root / name}(.gz) not found (MIMIC-CXR-JPG v2.0.0). Expected layout:\n{LAYOUT}")
     ids = {"subject_id": "int64", "study_id": "int64"}
-    md = pd.read_csv(paths[METADATA], dtype={"dicom_id": str, "ViewPosition": str, **ids},
-                     usecols=["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"])
-    sp = pd.read_csv(paths[SPLIT], dtype={"dicom_id": str, "split": str, **ids})
-    cx = pd.read_csv(paths[CHEXPERT], dtype=ids)
+    md = read_csv_table(paths[METADATA], "the MIMIC-CXR-JPG metadata table",
+                        dtype={"dicom_id": str, "ViewPosition": str, **ids},
+                        usecols=["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"])
+    sp = read_csv_table(paths[SPLIT], "the MIMIC-CXR-JPG split table", columns=("study_id", "split"),
+                        dtype={"dicom_id": str, "split": str, **ids})
+    cx = read_csv_table(paths[CHEXPERT], "the MIMIC-CXR-JPG CheXpert label table", columns=("study_id",), dtype=ids)
     return md, sp, cx
 
 
@@ -157,8 +178,13 @@ class _Reports:
     def __init__(self, source: Path):
         self.source = source
         self.zip = None
-        if source.is_file() and zipfile.is_zipfile(source):
-            self.zip = zipfile.ZipFile(source)
+        self.unreadable: dict[str, str] = {}  # report path -> reason
+        if source.is_file():
+            try:
+                self.zip = zipfile.ZipFile(source)
+            except (OSError, zipfile.BadZipFile) as e:
+                raise SourceFileError(f"{source}: cannot read the MIMIC-CXR reports archive ({reason(e)}); "
+                                      f"expected mimic-cxr-reports.zip or a folder") from e
             self.members = {"/".join(n.split("/")[-3:]): n for n in self.zip.namelist() if n.endswith(".txt")}
         else:  # ROOT (holding files/) or the files/ folder itself
             self.base = source if source.name == "files" and not (source / "files").is_dir() else source / "files"
@@ -168,13 +194,24 @@ class _Reports:
         return f"p{s[:2]}/p{s}/s{study}.txt"
 
     def read(self, subject: int, study: int) -> str | None:
+        """The report's text; ``None`` when it is missing or cannot be read (then recorded in
+        ``unreadable``)."""
         rel = self.relpath(subject, study)
         if self.zip is not None:
             name = self.members.get(rel)
-            return None if name is None else self.zip.read(name).decode("utf-8", errors="replace")
+            if name is None:
+                return None
+            try:
+                return self.zip.read(name).decode("utf-8", errors="replace")
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a damaged member (bad CRC)
+                self.unreadable[f"{self.source}:{name}"] = reason(e)
+                return None
         try:
             return (self.base / rel).read_text(encoding="utf-8", errors="replace")
         except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:  # unreadable (permissions, an I/O error)
+            self.unreadable[str(self.base / rel)] = reason(e)
             return None
 
 
@@ -264,8 +301,22 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, repo
 
     flat_subs = pd.concat([rows[f"_{c}"] for c in IMAGE_SLOTS]).tolist()
     flat_keys = pd.concat([rows[f"{c}_dicom"] for c in IMAGE_SLOTS]).tolist()
-    refs = image_refs(root, flat_subs, flat_keys, out_dir, size, progress=progress, workers=workers,
-                      desc="resize mimic-cxr")
+    refs, unreadable = image_refs(root, flat_subs, flat_keys, out_dir, size, progress=progress, workers=workers,
+                                  desc="resize mimic-cxr")
+    # an unreadable image counts like a missing one: no frontal, no row; else the slot is blank
+    n = len(rows)
+    slot_refs = {c: np.array(refs[i * n:(i + 1) * n], dtype=object) for i, c in enumerate(IMAGE_SLOTS)}
+    lost = {c: (rows[f"_{c}"].to_numpy() != "") & (slot_refs[c] == "") for c in IMAGE_SLOTS}
+    keep = ~lost["frontal"]
+    info["dropped_frontal_file_unreadable"] = int((~keep).sum())
+    info["blanked_unreadable_image_files"] = int(sum(lost[c][keep].sum() for c in IMAGE_SLOTS[1:]))
+    info["unreadable_images"] = unreadable_entries(unreadable)
+    info["unreadable_reports"] = unreadable_entries(reports.unreadable)
+    if not keep.any():
+        raise SourceFileError(f"{root / 'files'}: no study left with a readable frontal JPEG "
+                              f"({len(unreadable)} unreadable images, e.g. {an_example(unreadable)})")
+    rows, findings, impression, prior_report = rows[keep], findings[keep], impression[keep], prior_report[keep]
+    slot_refs = {c: v[keep] for c, v in slot_refs.items()}
     n = len(rows)
     out = pd.DataFrame({
         "study_id": rows["study_id"].astype(str).to_numpy(),
@@ -273,8 +324,7 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, repo
         "split": rows["split"].to_numpy(),
         "dataset": NAME,
         "view": rows["view"].to_numpy(),
-        "frontal": refs[0:n], "lateral": refs[n:2 * n],
-        "prior_frontal": refs[2 * n:3 * n], "prior_lateral": refs[3 * n:4 * n],
+        **slot_refs,
         "findings": findings.to_numpy(), "impression": impression.to_numpy(),
         "prior_report": prior_report.to_numpy(),
         **{c: rows[c].to_numpy() for c in CHEXPERT_LABELS},
@@ -290,12 +340,15 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, repo
     path = write_manifest(out, out_dir / "manifest.csv")
     write_build_info(out_dir, info)
     _report(info)
+    warn_unreadable(NAME, unreadable)
+    warn_unreadable(NAME, reports.unreadable, "report file")
     return path
 
 
 def _report(info: dict) -> None:
     print(f"mimic-cxr: {info['rows']} studies {info['splits']}; dropped: "
           f"{info['dropped_no_frontal']} without PA/AP image, {info['dropped_frontal_file_missing']} with the "
-          f"frontal JPEG missing, {info['dropped_empty_report']} with empty findings and impression "
+          f"frontal JPEG missing, {info['dropped_frontal_file_unreadable']} with it unreadable, "
+          f"{info['dropped_empty_report']} with empty findings and impression "
           f"({info['missing_report_files']} report files missing); "
           f"{info['moved_to_majority_split']} studies moved to their subject's majority split")

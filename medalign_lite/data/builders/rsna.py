@@ -21,7 +21,10 @@ Choices:
 * **Image files**: ``.png`` first, then ``.jpg``, then ``.dcm`` (the manifest points at the
   first that exists; a decoded format needs no pydicom). Reading ``.dcm`` (for ``size=`` here,
   or later by the dataset) needs ``pydicom``. Patients without an image file are dropped and
-  counted.
+  counted, and so are those whose image cannot be read (with ``size``: not decodable; without:
+  an empty file), which are also listed with their reasons in ``build_info.json``
+  (``unreadable_images``). A label or header table that cannot be read is one
+  :class:`~.realdata.SourceFileError` naming it, before anything is written.
 * **Split**, 70 / 15 / 15 exactly as GLoRIA's ``preprocess_pneumonia_data``: patients sorted
   by id (its ``groupby``), ``train_test_split(test_size=0.3, random_state=seed)``, then the
   30 % hold-out split in halves with the same seed, the *first* half being GLoRIA's test set
@@ -43,7 +46,16 @@ import pandas as pd
 from ..findings import CHEXPERT_LABELS
 from ..iu_xray import shipped_file
 from ..manifest import write_manifest
-from .realdata import LayoutError, file_names, image_refs, require, write_build_info
+from .realdata import (
+    LayoutError,
+    file_names,
+    image_refs,
+    read_csv_table,
+    require,
+    unreadable_entries,
+    warn_unreadable,
+    write_build_info,
+)
 
 NAME = "rsna"
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -98,7 +110,8 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, work
     root = require(root, "RSNA root", LAYOUT, is_dir=True)
     images = require(root / IMAGES, "RSNA image folder", LAYOUT, is_dir=True)
     labels_path = root / LABELS_CSV if (root / LABELS_CSV).is_file() else shipped_file(SHIPPED_LABELS)
-    patients = patient_table(pd.read_csv(labels_path))
+    patients = patient_table(read_csv_table(labels_path, "the RSNA label table",
+                                            columns=("patientId", "x", "y", "width", "height", "Target")))
     split_of = gloria_split(patients["patientId"], seed=seed)
     if limit is not None:
         patients = patients.iloc[: int(limit)]
@@ -113,13 +126,16 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, work
         raise LayoutError(f"no RSNA image found in {images} (looked for <patientId>{'/'.join(EXTENSIONS)})\n"
                           f"Expected layout:\n{LAYOUT}")
     try:
-        headers = pd.read_csv(shipped_file(SHIPPED_HEADERS), usecols=["PatientID", "ViewPosition"], dtype=str)
+        headers = read_csv_table(shipped_file(SHIPPED_HEADERS), "torchxrayvision's RSNA DICOM header table",
+                                 usecols=["PatientID", "ViewPosition"], dtype=str)
         view_of = dict(zip(headers["PatientID"], headers["ViewPosition"].fillna("").str.strip()))
     except FileNotFoundError:
         view_of = {}
 
-    refs = image_refs(root, patients["_image"].tolist(), patients["patientId"].tolist(), out_dir, size,
-                      progress=progress, workers=workers, desc="resize rsna")
+    refs, unreadable = image_refs(root, patients["_image"].tolist(), patients["patientId"].tolist(), out_dir, size,
+                                  progress=progress, workers=workers, desc="resize rsna")
+    readable = [r != "" for r in refs]  # an unreadable image counts like a missing one
+    patients, refs = patients[readable], [r for r in refs if r]  # none readable: image_refs raised
     label = patients["Target"].astype(str).to_numpy()
     out = pd.DataFrame({
         "study_id": patients["patientId"].to_numpy(),
@@ -136,9 +152,11 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, work
     path = write_manifest(out, out_dir / "manifest.csv")
     info = {"dataset": NAME, "root": str(root), "labels": str(labels_path), "seed": seed,
             "patients": len(split_of), "rows": len(out), "dropped_image_missing": missing,
+            "dropped_image_unreadable": len(readable) - len(out), "unreadable_images": unreadable_entries(unreadable),
             "positives": int((label == "1").sum()),
             "splits": {k: int(v) for k, v in out["split"].value_counts().items()}}
     write_build_info(out_dir, info)
     print(f"rsna: {info['rows']} patients {info['splits']}, {info['positives']} positive; "
-          f"{missing} dropped without an image file")
+          f"{missing} dropped without an image file, {info['dropped_image_unreadable']} with it unreadable")
+    warn_unreadable(NAME, unreadable)
     return path
