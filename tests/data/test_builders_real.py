@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -622,8 +623,11 @@ def test_resized_copy_damaged_in_the_cache_is_written_again(tmp_path):
     copy = out / "images/16/d1a.png"
     good = copy.read_bytes()
     _truncate(copy)
+    stale = out / "images/16/.d2a.png.q8w_e7r6.tmp.png"  # what a killed build leaves
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     mimic_cxr.build(out, root=root, size=16, limit=3, progress=False)
-    assert copy.read_bytes() == good
+    assert copy.read_bytes() == good and not stale.exists()
 
 
 def test_mimic_all_images_unreadable_is_one_error(tmp_path):

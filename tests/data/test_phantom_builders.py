@@ -79,6 +79,27 @@ def test_rebuild_renders_damaged_cache_files_again(tmp_path):
     assert [p.name for p in (out / "renders").rglob("*") if ".tmp" in p.name] == []
 
 
+def test_rebuild_sweeps_temporary_files_of_a_killed_build(tmp_path):
+    """A killed build leaves the temporary file it was writing (``.<name>.<8 chars>.tmp.png``);
+    the next build that renders there removes those an hour old and keeps younger ones (another
+    process may be writing them)."""
+    build = get_builder("iu-phantom")
+    out = build(tmp_path, size=48, limit=2, seed=0, progress=False, workers=1).parent
+    cache = next((out / "renders").iterdir())
+    stale, fresh, other = cache / ".CXR1_frontal.png.k3j_9x2q.tmp.png", cache / ".CXR1_lateral.png.a1b2c3d4.tmp.png", \
+        cache / ".notes.txt"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"half a png")
+    old = os.stat(stale).st_mtime - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    build(out, size=48, limit=2, seed=0, progress=False, workers=1)  # nothing to render: nothing swept
+    assert stale.exists()
+    (cache / "CXR1_frontal.png").write_bytes(b"")
+    build(out, size=48, limit=2, seed=0, progress=False, workers=1)
+    assert not stale.exists() and fresh.exists() and other.exists()
+
+
 def test_iu_phantom_is_deterministic(iu, tmp_path):
     other = get_builder("iu-phantom")(tmp_path, size=64, limit=24, seed=0, progress=False, workers=2)
     a, b = load_manifest(iu), load_manifest(other)

@@ -5,7 +5,9 @@ size, acquisition), so the cache key of a rendered study is its folder
 ``renders/v{BUILDER_VERSION}-seed{seed}-{size}px/`` plus the file name: a rebuild with the
 same (builder version, seed, size) finds every file and renders nothing. A cached file is
 trusted only when :func:`png_complete` says so (PNG signature, ``IEND`` trailer, chunk CRCs):
-a truncated or empty PNG (a disk that filled up, a copy cut short) is rendered again.
+a truncated or empty PNG (a disk that filled up, a copy cut short) is rendered again, and
+temporary files a killed build left behind are swept once they are an hour old
+(:func:`sweep_stale_temps`).
 
 Render workers exit when the build process dies (:func:`pool_worker_init`): a killed
 ``medalign data build`` leaves no orphaned worker behind.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import struct
 import sys
@@ -108,6 +111,33 @@ def png_complete(path: str | os.PathLike) -> bool:
         return False
 
 
+#: ``utils.atomic_path``'s temporary names: ``.{name}.{8 mkstemp characters}.tmp{ext}``
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+STALE_TEMP_AGE = 3600.0  # seconds
+
+
+def sweep_stale_temps(folder: str | os.PathLike, max_age: float = STALE_TEMP_AGE) -> int:
+    """Remove temporary files of :func:`~medalign_lite.utils.atomic_path` older than ``max_age``
+    seconds from ``folder``; return how many. A killed build (SIGKILL, or a worker ended by
+    the kernel when its build died) cannot remove the one it was writing; a temporary file an
+    hour old belongs to no running writer (a render takes milliseconds), while a younger one
+    may be another process's, filling the same cache, and is left alone."""
+    now, removed = time.time(), 0
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith(".") and _TEMP_NAME.match(entry.name):
+                    try:
+                        if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
+                            os.unlink(entry.path)
+                            removed += 1
+                    except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                        pass
+    except FileNotFoundError:
+        pass
+    return removed
+
+
 def pending(jobs: Iterable[RenderJob]) -> list[RenderJob]:
     """Jobs whose outputs are not all on disk yet, or not whole (the cache check)."""
     return [j for j in jobs if not png_complete(j.path)
@@ -175,6 +205,7 @@ def run_jobs(jobs: Sequence[RenderJob], workers: int | None = None, progress: bo
         return 0
     for d in {os.path.dirname(j.path) for j in todo} | {os.path.dirname(j.mask_path) for j in todo if j.mask_path}:
         os.makedirs(d, exist_ok=True)
+        sweep_stale_temps(d)
     workers = workers or min(os.cpu_count() or 1, 8)
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)

@@ -42,7 +42,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ...utils import atomic_path, atomic_write
-from .common import png_complete
+from .common import png_complete, sweep_stale_temps
 
 
 class LayoutError(FileNotFoundError):
@@ -226,6 +226,7 @@ def image_refs(root: str | os.PathLike, subpaths: Sequence[str], keys: Sequence[
                 todo.append((root / sub, dst, key))
     bad_keys = set()
     if todo:
+        sweep_stale_temps(folder)  # left by a killed build
         workers = workers or min(8, os.cpu_count() or 1)
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
         try:
