@@ -10,9 +10,38 @@ import os
 import sys
 
 
+class UsageError(Exception):
+    """A command line that cannot work (exit 2, before anything is done)."""
+
+
+def _os_error_line(e: OSError) -> str:
+    """``<path>: <reason>`` for an OSError that names its path, else its own message."""
+    if e.filename is None:
+        return str(e)
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+    reason = e.strerror or str(e)
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and os.path.isfile(e.filename):
+        reason += " (a file, where a folder is needed)"  # mkdir's answer for a path through a file
+    return f"{where}: {reason}"
+
+
+def _check_out_folder(out: str) -> None:
+    """``--out`` must be a folder or not exist yet (nor may any folder above it be a file)."""
+    from pathlib import Path
+
+    p = Path(out).expanduser()
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                what = "is a file" if q == p else f"cannot be made: {q} is a file"
+                raise UsageError(f"--out {out}: {what}, not a folder")
+            return
+
+
 def _data_build(args: argparse.Namespace) -> int:
     from .data.builders import get_builder
 
+    _check_out_folder(args.out)
     build = get_builder(args.name)
     extra = {"workers": args.workers}
     if args.reports_root:
@@ -28,13 +57,13 @@ def _data_build(args: argparse.Namespace) -> int:
 def _data_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data.manifest import read_manifest_csv, validate_manifest
+    from .data.manifest import check_manifest
 
+    if args.deep and args.no_files:
+        raise UsageError("--deep opens the files; it cannot go with --no-files")
     path = Path(args.manifest)
-    if not path.is_file():
-        print(f"{path}: no such manifest", file=sys.stderr)
-        return 2
-    problems = validate_manifest(read_manifest_csv(path), path.parent, check_files=not args.no_files)
+    problems = check_manifest(path, check_files=not args.no_files, deep=args.deep,
+                              allow_absolute=args.allow_absolute, workers=args.workers)
     if problems:
         print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
@@ -48,7 +77,7 @@ def _data_bench_render(args: argparse.Namespace) -> int:
     from .data.phantom import bench_render
 
     if hasattr(os, "sched_setaffinity"):  # one core, as the target says
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     rate = bench_render(n=args.n, size=args.size, view=args.view)
     print(f"{rate:.0f} images/s ({args.view} {args.size}x{args.size}, one core, {args.n} images)")
     return 0
@@ -157,6 +186,16 @@ def _bench_s2d_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.builders import BUILDERS
 
@@ -178,9 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_data_build)
 
-    v = data.add_parser("validate", help="check every row of a manifest; non-zero exit on problems")
+    v = data.add_parser("validate", help="check a manifest file and every row; exit 1 on problems, 2 on a bad command")
     v.add_argument("manifest")
-    v.add_argument("--no-files", action="store_true", help="do not check that image files exist")
+    v.add_argument("--no-files", action="store_true",
+                   help="do not look at the image files (paths must still be relative and inside the folder)")
+    v.add_argument("--deep", action="store_true",
+                   help="also open every image and mask: format, size, mode, and that it decodes")
+    v.add_argument("--allow-absolute", action="store_true",
+                   help="accept absolute image paths and paths leading out of the manifest's folder "
+                        "(a real dataset on another disk)")
+    v.add_argument("--workers", type=_positive_int, default=None,
+                   help="processes for --deep (default: the usable CPUs, at most 8)")
     v.set_defaults(func=_data_validate)
 
     r = data.add_parser("bench-render", help="phantom render speed on one core")
@@ -269,10 +316,20 @@ def _methods(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 1 the data or a file is wrong (a manifest's
+    problems, listed; an OSError, as ``medalign: error: <path>: <reason>``), 2 the command
+    line is wrong (argparse's errors, and the commands' ValueError / KeyError / usage checks)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear message, no traceback
+    except OSError as e:  # a file that is missing, unreadable or unwritable: its path, no traceback
+        print(f"medalign: error: {_os_error_line(e)}", file=sys.stderr)
+        return 1
+    except (UsageError, ValueError, KeyError) as e:  # user errors: one clear message, no traceback
+        manifest = sys.modules.get(f"{__package__}.data.manifest")  # loaded if it raised
+        if manifest is not None and isinstance(e, manifest.ManifestError):  # a bad manifest: every problem
+            print(e, file=sys.stderr)
+            return 1
         print(f"medalign: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
 

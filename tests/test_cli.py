@@ -41,3 +41,89 @@ def test_methods_command_lists_the_registry(capsys):
     assert any("s2d_tiny, s2d_full" in ln and "report_generator" in ln for ln in lines)
     assert main(["methods", "--kind", "report_generator"]) == 0
     assert [ln.split()[0] for ln in capsys.readouterr().out.strip().splitlines()] == ["s2d"]
+
+
+# --------------------------------------------------------------------------------------
+# medalign data validate: exit 1 for problems, 2 for a bad command line; OSErrors as one line
+# --------------------------------------------------------------------------------------
+
+def test_validate_flags_and_exit_codes(tiny_manifest, capsys):
+    import pytest
+
+    root, df = tiny_manifest
+    png = (root / "img" / "s1.png").read_bytes()
+    (root / "img" / "cut.png").write_bytes(png[: len(png) // 2])
+    df.loc[0, "frontal"] = "img/cut.png"
+    df.to_csv(root / "m.csv", index=False)
+    m = str(root / "m.csv")
+    assert main(["data", "validate", m]) == 0                      # the plain check opens nothing
+    assert main(["data", "validate", "--deep", "--workers", "2", m]) == 1
+    err = capsys.readouterr().err
+    assert "row 1, column 'frontal' (line 2): unreadable image img/cut.png" in err
+    df.loc[0, "frontal"] = str(root / "img" / "s0.png")            # absolute
+    df.to_csv(root / "m.csv", index=False)
+    assert main(["data", "validate", m]) == 1
+    assert "absolute path" in capsys.readouterr().err
+    assert main(["data", "validate", "--allow-absolute", m]) == 0
+    assert main(["data", "validate", "--deep", "--no-files", m]) == 2  # usage errors only are 2
+    assert "--no-files" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["data", "validate", "--workers", "0", m])
+    assert e.value.code == 2
+    assert main(["data", "validate", str(root / "nope.csv")]) == 1  # a missing manifest is a problem
+    assert "nope.csv: 1 problem(s)" in capsys.readouterr().err
+
+
+def test_os_error_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"report": ["Lungs are clear."]}).to_csv(src, index=False)
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out.csv"  # a folder that is a file
+    assert main(["label", str(src), "--text-col", "report", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("medalign: error: ") and str(tmp_path / "afile") in err
+
+    from medalign_lite.text import labeler
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", "/data/reports.csv")
+
+    monkeypatch.setattr(labeler, "label_csv", denied)
+    assert main(["label", str(src), "--text-col", "report", "--out", str(tmp_path / "o.csv")]) == 1
+    assert capsys.readouterr().err.strip() == "medalign: error: /data/reports.csv: Permission denied"
+
+
+def test_build_on_a_missing_root_names_it(tmp_path, capsys):
+    assert main(["data", "build", "rsna", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(tmp_path / "nowhere") in err
+
+
+def test_build_out_that_is_a_file_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    from medalign_lite.data import builders
+
+    def never(name):
+        raise AssertionError("a builder was looked up")
+
+    monkeypatch.setattr(builders, "get_builder", never)
+    f = tmp_path / "manifest.csv"
+    f.write_text("keep me")
+    for out in (f, f / "sub"):
+        assert main(["data", "build", "iu-phantom", "--out", str(out), "--limit", "2", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("medalign: error: --out ") and "is a file" in err
+    assert f.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
+
+
+def test_a_bad_manifest_inside_a_command_lists_its_problems(tmp_path, capsys, monkeypatch):
+    from medalign_lite.data import builders
+    from medalign_lite.data.manifest import ManifestError, Problem
+
+    def build(out, **kwargs):
+        raise ManifestError(f"{out}/manifest.csv", [Problem(3, "split", "unknown split 'x'", 4)])
+
+    monkeypatch.setattr(builders, "get_builder", lambda name: build)
+    assert main(["data", "build", "iu-phantom", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path / 'o'}/manifest.csv: 1 problem(s)", "  row 3, column 'split' (line 4): unknown split 'x'"]

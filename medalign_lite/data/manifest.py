@@ -23,18 +23,28 @@ masks              phantom finding masks (16-bit PNG, bit k = finding k), blank 
 Further columns are dataset extras and are kept as they are.
 
 :func:`validate_manifest` checks every row and returns *every* problem at once, each naming
-its row (1-based, data rows; CSV line = row + 1) and column; :func:`load_manifest` raises one
-:class:`ManifestError` listing them; :func:`write_manifest` writes a temporary file and
-renames it, so a failed build never leaves half a manifest.
+its row (1-based, data rows) and column; image and mask paths must be relative and stay in
+the manifest's folder (``allow_absolute=True`` for data on another disk), and name non-empty
+files (``deep=True``: files that decode). :func:`check_manifest` does the same for a file,
+reading it in one streaming pass of the csv module first, so that an empty file, a file
+with only a header, bytes that are not UTF-8 and rows with too few or too many fields are
+problems too, each with its CSV line (a quoted report can span lines). :func:`load_manifest`
+raises one :class:`ManifestError` listing them, and no other exception for a bad file;
+:func:`write_manifest` writes a temporary file and renames it, so a failed build never
+leaves half a manifest.
 """
 from __future__ import annotations
 
+import csv
 import os
-from dataclasses import dataclass
+import re
+import stat
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
 from ..utils import atomic_path
 from .findings import CHEXPERT_LABELS
@@ -76,15 +86,23 @@ DATASETS: dict[str, DatasetSpec] = {
 
 @dataclass(frozen=True)
 class Problem:
-    """One validation problem. ``row`` is the 1-based data row (0: the whole file)."""
+    """One validation problem.
+
+    ``row`` is the 1-based data row (0: the header, or the whole file when ``column`` is
+    ``""``); ``line`` the CSV line the row starts on, when the problem came from a file
+    (a quoted report can span lines, so a row's line is not always ``row + 1``).
+    """
 
     row: int
     column: str
     message: str
+    line: int | None = None
 
     def __str__(self) -> str:
-        where = f"row {self.row}" if self.row else "header"
-        return f"{where}, column {self.column!r}: {self.message}"
+        where = f"row {self.row}" if self.row else ("header" if self.column else "file")
+        column = f", column {self.column!r}" if self.column else ""
+        line = f" (line {self.line})" if self.line else ""
+        return f"{where}{column}{line}: {self.message}"
 
 
 class ManifestError(ValueError):
@@ -100,29 +118,385 @@ class ManifestError(ValueError):
         super().__init__("\n".join(lines))
 
 
+# --------------------------------------------------------------------------------------
+# reading: one streaming pass of the csv module (structure problems with line and column)
+# --------------------------------------------------------------------------------------
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, kept as surrogates
+
+
+@dataclass
+class _Table:
+    """A manifest file as read: every row as long as the header, and what was wrong."""
+
+    header: list[str] | None  # None: no header (empty or unreadable file)
+    rows: list[list[str]]
+    lines: list[int]          # CSV line each data row starts on
+    header_line: int
+    problems: list[Problem]
+    broken: set[int]          # rows whose fields do not line up with the header
+
+    def frame(self) -> pd.DataFrame:
+        header = self.header or []
+        cols = list(zip(*self.rows)) if self.rows else [()] * len(header)
+        return pd.DataFrame({name: list(col) for name, col in zip(header, cols)}, columns=header, dtype=str)
+
+    def locate(self, problems: list[Problem]) -> list[Problem]:
+        """``problems`` with the CSV line of their row filled in."""
+        out = []
+        for p in problems:
+            if p.line is None and 0 < p.row <= len(self.lines):
+                p = replace(p, line=self.lines[p.row - 1])
+            elif p.line is None and p.row == 0 and p.column and self.header is not None:
+                p = replace(p, line=self.header_line)
+            out.append(p)
+        return out
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, IsADirectoryError):
+        return "is a folder, not a manifest file"
+    return e.strerror or str(e)
+
+
+def _read_table(path: str | os.PathLike) -> _Table:
+    """Read a manifest CSV with the csv module, streaming; never raises for the file's content.
+
+    Reported as problems: a file that cannot be opened, an empty file, bytes that are not
+    UTF-8 (their row, column and position; they read as U+FFFD), a duplicate column name, a
+    row with fewer or more fields than the header, and lines the csv module rejects. Blank
+    lines are skipped (as pandas does). A UTF-8 byte-order mark is allowed.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            return _scan(f)
+    except OSError as e:  # cannot open (missing, a folder, no permission) or read
+        return _Table(None, [], [], 0, [Problem(0, "", _os_reason(e))], set())
+
+
+def _scan(f) -> _Table:
+    problems: list[Problem] = []
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    broken: set[int] = set()
+    header_line = 0
+    line_no = 0
+    undecoded: list[int] = []  # lines holding bytes that are not UTF-8
+
+    def physical_lines():
+        nonlocal line_no
+        for text in f:
+            line_no += 1
+            if _UNDECODED.search(text):
+                undecoded.append(line_no)
+            yield text
+
+    def fix_bytes(rec: list[str], row: int, line: int) -> None:
+        for j, value in enumerate(rec):
+            m = _UNDECODED.search(value)
+            if m:
+                name = header[j] if header is not None and j < len(header) else f"field {j + 1}"
+                byte = ord(m.group()) - 0xDC00
+                problems.append(Problem(row, _UNDECODED.sub("\ufffd", name),
+                                        f"bytes that are not UTF-8 (0x{byte:02x} at character {m.start() + 1} "
+                                        f"of the field)", line))
+                rec[j] = _UNDECODED.sub("\ufffd", value)
+        undecoded.clear()
+
+    reader = csv.reader(physical_lines())
+    while True:
+        start = line_no + 1
+        try:
+            rec = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # the reader drops the record and goes on with the next line
+            if header is None:
+                problems.append(Problem(0, "", f"unreadable header: {e}", start))
+                header, header_line = [], start
+            else:
+                rows.append([""] * len(header))
+                lines.append(start)
+                broken.add(len(rows))
+                problems.append(Problem(len(rows), "", f"unreadable row: {e}", start))
+            undecoded.clear()
+            continue
+        except OSError as e:
+            problems.append(Problem(0, "", f"read failed after line {line_no}: {_os_reason(e)}"))
+            break
+        if not rec:
+            continue  # a blank line
+        if header is None:
+            header, header_line = rec, start
+            if undecoded:
+                fix_bytes(header, 0, start)
+            seen: dict[str, int] = {}
+            for j, name in enumerate(header):
+                if name in seen:
+                    problems.append(Problem(0, name, f"duplicate column name (fields {seen[name] + 1} and {j + 1})",
+                                            start))
+                    k = 1
+                    while f"{name}.{k}" in seen or f"{name}.{k}" in header:
+                        k += 1
+                    header[j] = f"{name}.{k}"
+                seen.setdefault(header[j], j)
+            continue
+        rows.append(rec)
+        lines.append(start)
+        row = len(rows)
+        if undecoded:
+            fix_bytes(rec, row, start)
+        n = len(header)
+        if len(rec) != n and n:
+            broken.add(row)
+            if len(rec) < n:
+                problems.append(Problem(row, header[len(rec)], (
+                    f"{len(rec)} field(s), the header has {n}: the row ends after column "
+                    f"{header[len(rec) - 1]!r}"), start))
+                rec.extend([""] * (n - len(rec)))
+            else:
+                problems.append(Problem(row, header[-1], (
+                    f"{len(rec)} fields, the header has {n}: {len(rec) - n} more after the last column"), start))
+                del rec[n:]
+    if header is None and not problems:
+        problems.append(Problem(0, "", "empty file: no header and no rows"))
+    return _Table(header, rows, lines, header_line, problems, broken)
+
+
 def read_manifest_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest CSV as strings, blanks kept as ``""`` (no NaN guessing)."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    """Read a manifest CSV as strings, blanks kept as ``""`` (no NaN guessing).
+
+    Raises :class:`ManifestError` when the file itself is wrong (cannot be read, empty,
+    not UTF-8, rows with too few or too many fields); the rows' content is not validated.
+    """
+    table = _read_table(path)
+    if table.problems or table.header is None:
+        raise ManifestError(path, table.problems)
+    return table.frame()
+
+
+# --------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------
+
+_ABSOLUTE = re.compile(r"^(?:[\\/]|[A-Za-z]:[\\/])")  # POSIX, UNC, a Windows drive
+PATH_COLUMNS: tuple[str, ...] = (*IMAGE_COLUMNS, "masks")
+_DEEP_INLINE_FILES = 400  # fewer image files than this: no worker processes (their start costs more)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
+
+
+class _Resolver:
+    """Real paths of folders under one root, one ``lstat`` per distinct folder (cached)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
+        self.cache = {self.root: self.real_root}
+
+    def folder(self, d: str) -> str:
+        real = self.cache.get(d)
+        if real is None:
+            parent, name = os.path.split(d)
+            if parent == d:
+                return d
+            full = os.path.join(self.folder(parent), name)
+            try:
+                link = stat.S_ISLNK(os.lstat(full).st_mode)
+            except OSError:
+                link = False
+            real = os.path.realpath(full) if link else full
+            self.cache[d] = real
+        return real
+
+
+def _check_paths(df: pd.DataFrame, root: str | os.PathLike | None, check_files: bool,
+                 allow_absolute: bool) -> tuple[list[Problem], list[tuple[int, str, str]]]:
+    """Path-form and file problems of the image and mask columns, and the files to open (row, column, path).
+
+    A path must be relative and stay inside ``root`` once resolved (``..`` and symlinks
+    included) unless ``allow_absolute``; with ``check_files`` it must name a non-empty
+    regular file.
+    """
+    problems: list[Problem] = []
+    files: list[tuple[int, str, str]] = []
+    res = _Resolver(str(root) if root is not None else ".")
+    hint = " (allow it with allow_absolute=True / --allow-absolute)"
+    for c in PATH_COLUMNS:
+        vals = df[c].str.strip().to_numpy()
+        for i in np.flatnonzero(vals != ""):
+            rel = vals[i]
+            if "\x00" in rel:
+                problems.append(Problem(i + 1, c, f"path {rel!r} holds a NUL character"))
+                continue
+            if _ABSOLUTE.match(rel) and not allow_absolute:
+                problems.append(Problem(i + 1, c, f"absolute path {rel}: image paths are relative to the "
+                                                  f"manifest's folder{hint}"))
+                continue
+            full = os.path.join(res.root, rel)  # an absolute rel stays itself, as in the dataset's root / rel
+            if not allow_absolute:
+                if not check_files:  # no look at the disk: the path's form only
+                    real = os.path.normpath(full)
+                    inside = _inside(real, res.root)
+                elif ".." in rel.replace("\\", "/").split("/"):
+                    real = os.path.realpath(full)
+                    inside = _inside(real, res.real_root)
+                else:  # the common case: one lstat per distinct folder
+                    full = os.path.normpath(full)
+                    real = os.path.join(res.folder(os.path.dirname(full)), os.path.basename(full))
+                    inside = _inside(real, res.real_root)
+                if not inside:
+                    problems.append(Problem(i + 1, c, f"path {rel} leaves the manifest's folder (it resolves to "
+                                                      f"{real}){hint}"))
+                    continue
+                full = real
+            if not check_files:
+                continue
+            try:
+                st = os.lstat(full)
+                if stat.S_ISLNK(st.st_mode):
+                    if not allow_absolute:
+                        real = os.path.realpath(full)
+                        if not _inside(real, res.real_root):
+                            problems.append(Problem(i + 1, c, f"path {rel} leaves the manifest's folder (a link "
+                                                              f"to {real}){hint}"))
+                            continue
+                    st = os.stat(full)
+            except FileNotFoundError:
+                problems.append(Problem(i + 1, c, f"missing file {rel}"))
+                continue
+            except OSError as e:
+                problems.append(Problem(i + 1, c, f"cannot read {rel}: {_os_reason(e)}"))
+                continue
+            if rel.endswith(("/", "\\")):
+                problems.append(Problem(i + 1, c, f"{rel} ends with a slash: not a file's path"))
+            elif stat.S_ISDIR(st.st_mode):
+                problems.append(Problem(i + 1, c, f"{rel} is a folder, not an image file"))
+            elif not stat.S_ISREG(st.st_mode):
+                problems.append(Problem(i + 1, c, f"{rel} is not a regular file"))
+            elif st.st_size == 0:
+                problems.append(Problem(i + 1, c, f"empty file {rel} (0 bytes)"))
+            else:
+                files.append((i + 1, c, full))
+    return problems, files
+
+
+def _open_image(path: str) -> tuple[str, tuple[int, int], str]:
+    """(format, (width, height), mode) of an image after checking that it decodes.
+
+    PNG: every chunk is read and its checksum checked up to ``IEND`` (PIL's ``verify``: it
+    catches truncation and flipped bytes, about 30 µs for a 224 px file, without
+    decompressing); other formats are decoded (JPEG at 1/8 scale, which still reads every
+    byte). DICOM needs pydicom: its header and pixel data element are read.
+    """
+    if path.lower().endswith(".dcm"):
+        try:
+            import pydicom
+        except ImportError as e:
+            raise OSError("reading DICOM needs pydicom (pip install pydicom)") from e
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            raise OSError("DICOM file without pixel data")
+        return "DICOM", (int(ds.Columns), int(ds.Rows)), str(getattr(ds, "PhotometricInterpretation", ""))
+    with Image.open(path) as im:
+        fmt, size, mode = im.format or "?", im.size, im.mode
+        if fmt == "PNG":
+            im.verify()
+        else:
+            if fmt == "JPEG":
+                im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    return fmt, size, mode
+
+
+_MASK_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _deep_check_rows(rows: list[tuple[int, list[tuple[str, str, str]]]]) -> list[tuple[int, str, str]]:
+    """Open every image and mask of some rows: ``[(row, [(column, path, shown), ...]), ...]``
+    -> ``[(row, column, message), ...]`` (a worker-process function: plain tuples in and out)."""
+    out = []
+    for row, files in rows:
+        sizes = {}
+        for column, path, shown in files:
+            try:
+                fmt, size, mode = _open_image(path)
+            except Exception as e:  # noqa: BLE001 - any decoder failure is the file's problem
+                reason = "not an image Pillow can identify" if isinstance(e, UnidentifiedImageError) else str(e)
+                what = "mask" if column == "masks" else "image"
+                out.append((row, column, f"unreadable {what} {shown}: {reason or type(e).__name__}"))
+                continue
+            sizes[column] = size
+            if column == "masks":
+                if fmt != "PNG" or mode not in _MASK_MODES:
+                    out.append((row, column, f"mask {shown} is a {fmt} of mode {mode}, not a 16-bit PNG (I;16)"))
+                elif "frontal" in sizes and size != sizes["frontal"]:
+                    (w, h), (fw, fh) = size, sizes["frontal"]
+                    out.append((row, column, f"mask {shown} is {w}x{h}, the frontal image {fw}x{fh}"))
+    return out
+
+
+def _deep_check(files: list[tuple[int, str, str]], shown: dict[tuple[int, str], str],
+                workers: int | None) -> list[Problem]:
+    by_row: dict[int, list[tuple[str, str, str]]] = {}
+    for row, column, path in files:
+        by_row.setdefault(row, []).append((column, path, shown[(row, column)]))
+    items = [(row, sorted(fs, key=lambda f: PATH_COLUMNS.index(f[0]))) for row, fs in sorted(by_row.items())]
+    if workers is None:
+        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers <= 1 or len(files) < _DEEP_INLINE_FILES:
+        found = _deep_check_rows(items)
+    else:
+        # the builders' pool: its workers exit when this process dies
+        from .builders.common import worker_pool
+
+        size = -(-len(items) // (workers * 8))  # 8 chunks a worker: balanced, few round trips
+        chunks = [items[k:k + size] for k in range(0, len(items), size)]
+        with worker_pool(min(workers, len(chunks))) as pool:
+            found = [p for part in pool.map(_deep_check_rows, chunks) for p in part]  # in row order
+    return [Problem(row, column, message) for row, column, message in found]
+
+
+def _column_order(p: Problem) -> tuple[int, int]:
+    return p.row, MANIFEST_COLUMNS.index(p.column) if p.column in MANIFEST_COLUMNS else len(MANIFEST_COLUMNS)
 
 
 def validate_manifest(df: pd.DataFrame, root: str | os.PathLike | None = None,
-                      check_files: bool = True) -> list[Problem]:
+                      check_files: bool = True, *, deep: bool = False, allow_absolute: bool = False,
+                      workers: int | None = None) -> list[Problem]:
     """Check every row; return all problems (empty list when the manifest is valid).
 
-    ``root`` is the folder image paths are relative to (the manifest's folder); with
-    ``check_files`` each non-blank image and mask path must exist there.
+    ``root`` is the folder image paths are relative to (the manifest's folder). Image and
+    mask paths must be relative and stay inside it once resolved (``..`` and symlinks
+    included); ``allow_absolute=True`` accepts absolute paths and paths leading out of it
+    (a real dataset on another disk). With ``check_files`` each non-blank path must name a
+    non-empty file; with ``deep`` too, every image and mask is opened and decoded (see
+    :func:`_open_image`; masks must be 16-bit PNGs the size of the frontal image), in
+    ``workers`` processes (default: the usable CPUs, at most 8; problems come back in row
+    order whatever the number).
     """
+    if deep and not check_files:
+        raise ValueError("deep=True opens the files: it needs check_files=True")
     problems: list[Problem] = []
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    columns = list(df.columns)
+    missing = [c for c in MANIFEST_COLUMNS if c not in columns]
     for c in missing:
         problems.append(Problem(0, c, "missing column"))
-    if missing:
+    for c in MANIFEST_COLUMNS:
+        if columns.count(c) > 1:
+            problems.append(Problem(0, c, f"column appears {columns.count(c)} times"))
+    if len(df) == 0:
+        problems.append(Problem(0, "", "no data rows (only a header)"))
+    if problems:
         return problems
-    df = df.astype(str).replace({"nan": ""})
+    df = df.astype(object).where(df.notna(), "").astype(str)  # NaN (a loaded blank label) -> ""
     rows = np.arange(1, len(df) + 1)
 
-    def flag(bad: np.ndarray, column: str, message) -> None:
-        for r in rows[bad]:
+    def flag(bad, column: str, message) -> None:
+        for r in rows[np.asarray(bad, dtype=bool)]:
             msg = message(r - 1) if callable(message) else message
             problems.append(Problem(int(r), column, msg))
 
@@ -149,42 +523,85 @@ def validate_manifest(df: pd.DataFrame, root: str | os.PathLike | None = None,
     flag(bad, "split", lambda i: (f"patient {df['patient_id'].iloc[i]!r} is in split "
                                   f"{df['split'].iloc[i]!r} and in {first_split[df['patient_id'].iloc[i]]!r}"))
 
-    requires_text = df["dataset"].map(lambda d: DATASETS[d].requires_text if d in DATASETS else False)
-    no_text = (df["findings"].str.strip() == "") & (df["impression"].str.strip() == "")
-    flag((requires_text & no_text).to_numpy(), "findings", "empty findings and impression")
-    needs_mask = df["dataset"].map(lambda d: DATASETS[d].has_masks if d in DATASETS else False)
-    flag((needs_mask & (df["masks"].str.strip() == "")).to_numpy(), "masks", "empty masks path for a phantom dataset")
+    requires_text = df["dataset"].map(lambda d: DATASETS[d].requires_text if d in DATASETS else False).to_numpy(bool)
+    no_text = ((df["findings"].str.strip() == "") & (df["impression"].str.strip() == "")).to_numpy(bool)
+    flag(requires_text & no_text, "findings", "empty findings and impression")
+    needs_mask = df["dataset"].map(lambda d: DATASETS[d].has_masks if d in DATASETS else False).to_numpy(bool)
+    flag(needs_mask & (df["masks"].str.strip() == "").to_numpy(bool), "masks", "empty masks path for a phantom dataset")
 
     for c in LABEL_COLUMNS:
         flag(~df[c].str.strip().isin(_LABEL_VALUES).to_numpy(), c,
              lambda i, c=c: f"bad label value {df[c].iloc[i]!r} (expected 1, 0, -1 or blank)")
 
     flag((df["frontal"].str.strip() == "").to_numpy(), "frontal", "empty frontal image path")
-    if check_files:
-        base = Path(root) if root is not None else Path(".")
-        for c in (*IMAGE_COLUMNS, "masks"):
-            vals = df[c].str.strip()
-            for i in np.flatnonzero((vals != "").to_numpy()):
-                if not (base / vals.iloc[i]).is_file():
-                    problems.append(Problem(i + 1, c, f"missing file {vals.iloc[i]}"))
-    problems.sort(key=lambda p: (p.row, MANIFEST_COLUMNS.index(p.column) if p.column in MANIFEST_COLUMNS else 99))
+    path_problems, files = _check_paths(df, root, check_files, allow_absolute)
+    problems += path_problems
+    if deep and files:
+        shown = {(row, c): df[c].iloc[row - 1].strip() for row, c, _ in files}
+        problems += _deep_check(files, shown, workers)
+    problems.sort(key=_column_order)
     return problems
 
 
-def load_manifest(path: str | os.PathLike, validate: bool = True, check_files: bool = True) -> pd.DataFrame:
+def _label_problems(df: pd.DataFrame) -> list[Problem]:
+    out = []
+    for c in LABEL_COLUMNS:
+        if c in df.columns:
+            bad = ~df[c].str.strip().isin(_LABEL_VALUES).to_numpy()
+            out += [Problem(int(i) + 1, c, f"bad label value {df[c].iloc[i]!r} (expected 1, 0, -1 or blank)")
+                    for i in np.flatnonzero(bad)]
+    return out
+
+
+def _read_and_check(path: str | os.PathLike, validate: bool, check_files: bool, deep: bool,
+                    allow_absolute: bool, workers: int | None) -> tuple[pd.DataFrame | None, list[Problem]]:
+    if deep and not check_files:
+        raise ValueError("deep=True opens the files: it needs check_files=True")
+    table = _read_table(path)
+    if table.header is None:
+        return None, table.problems
+    df = table.frame()
+    if validate:
+        found = validate_manifest(df, Path(path).parent, check_files, deep=deep, allow_absolute=allow_absolute,
+                                  workers=workers)
+    else:
+        found = _label_problems(df)  # labels still become numbers
+    found = [p for p in found if p.row not in table.broken]  # a shifted row's contents mean nothing
+    problems = sorted(table.problems + found, key=_column_order)
+    return df, table.locate(problems)
+
+
+def check_manifest(path: str | os.PathLike, check_files: bool = True, *, deep: bool = False,
+                   allow_absolute: bool = False, workers: int | None = None) -> list[Problem]:
+    """Every problem of the manifest file ``path`` (empty list when valid); never raises for the file.
+
+    The file is read with :func:`read_manifest_csv`'s reader (structure problems: a file that
+    cannot be opened, an empty file, bytes that are not UTF-8, rows with too few or too many
+    fields, duplicate column names), then its rows are validated by :func:`validate_manifest`
+    (same options). Every problem with a row carries its CSV line. What
+    ``medalign data validate`` prints.
+    """
+    return _read_and_check(path, True, check_files, deep, allow_absolute, workers)[1]
+
+
+def load_manifest(path: str | os.PathLike, validate: bool = True, check_files: bool = True, *,
+                  deep: bool = False, allow_absolute: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Load a manifest; raise :class:`ManifestError` listing every problem when invalid.
 
-    Label columns become floats (1.0 / 0.0 / -1.0, NaN for blank); every other column stays
-    a string. ``df.attrs["root"]`` holds the manifest's folder.
+    :class:`ManifestError` is the only exception for anything wrong with the file (missing,
+    unreadable, empty, not UTF-8, ragged rows, bad contents); the options are those of
+    :func:`validate_manifest`. With ``validate=False`` only the file's structure and the
+    label values (they must become numbers) are checked. Label columns become floats
+    (1.0 / 0.0 / -1.0, NaN for blank); every other column stays a string, image and mask
+    paths stripped of surrounding blanks. ``df.attrs["root"]`` holds the manifest's folder.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    df = read_manifest_csv(path)
-    if validate:
-        problems = validate_manifest(df, path.parent, check_files=check_files)
-        if problems:
-            raise ManifestError(path, problems)
+    df, problems = _read_and_check(path, validate, check_files, deep, allow_absolute, workers)
+    if problems or df is None:
+        raise ManifestError(path, problems)
+    for c in PATH_COLUMNS:
+        if c in df.columns:
+            df[c] = df[c].str.strip()
     for c in LABEL_COLUMNS:
         if c in df.columns:
             df[c] = pd.to_numeric(df[c].str.strip().map(lambda v: _LABEL_VALUES.get(v, v)).replace("", np.nan))
@@ -211,11 +628,19 @@ def format_labels(labels: dict[str, float | int | None]) -> dict[str, str]:
     return out
 
 
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike, validate: bool = True) -> Path:
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, validate: bool = True,
+                   allow_absolute: bool = True) -> Path:
     """Write ``df`` (schema columns first, extras after) atomically to ``path``.
 
     With ``validate`` (the default) the rows are validated first — files relative to the
     destination folder — and nothing is written when any problem is found.
+    ``allow_absolute`` is True here: a real-data builder that does not resize points at the
+    originals (``../mimic/files/...``), which the user asked for with ``--root``; whoever
+    loads such a manifest allows it again (``load_manifest(..., allow_absolute=True)``,
+    ``medalign data validate --allow-absolute``).
+
+    Line breaks inside a value are written as ``\n``: pandas does not quote a value with a
+    bare ``\r`` in it, and a reader takes that ``\r`` for the end of the row.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # relative "../" image paths resolve from here
@@ -224,9 +649,13 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, validate: bool = T
         if c not in df.columns:
             df[c] = ""
     extras = [c for c in df.columns if c not in MANIFEST_COLUMNS]
-    df = df[[*MANIFEST_COLUMNS, *extras]].fillna("").astype(str)
+    df = df[[*MANIFEST_COLUMNS, *extras]]
+    df = df.astype(object).where(df.notna(), "").astype(str)
+    for c in df.columns:
+        if df[c].str.contains("\r", regex=False).any():
+            df[c] = df[c].str.replace("\r\n", "\n", regex=False).str.replace("\r", "\n", regex=False)
     if validate:
-        problems = validate_manifest(df, path.parent)
+        problems = validate_manifest(df, path.parent, allow_absolute=allow_absolute)
         if problems:
             raise ManifestError(path, problems)
     with atomic_path(path) as tmp:
