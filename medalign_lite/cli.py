@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not look at the image files (paths must still be relative and inside the folder)")
     v.add_argument("--deep", action="store_true",
                    help="also open every image and mask: format, size, mode, and that it decodes")
-    v.add_argument("--allow-absolute", action="store_true",
+    v.add_argument("--allow-absolute", action="store_const", const=True, default=None,
                    help="accept absolute image paths and paths leading out of the manifest's folder "
-                        "(a real dataset on another disk)")
+                        "(a real dataset on another disk; a build without --size declares this in its "
+                        "build_info.json, which is read when the flag is absent)")
     v.add_argument("--workers", type=_positive_int, default=None,
                    help="processes for --deep (default: the usable CPUs, at most 8)")
     v.set_defaults(func=_data_validate)

@@ -553,8 +553,23 @@ def _label_problems(df: pd.DataFrame) -> list[Problem]:
     return out
 
 
+def declared_outside(manifest: str | os.PathLike) -> bool:
+    """Whether the builder of ``manifest`` declared that its image paths leave the folder (a
+    real-data build without ``--size`` points at the originals): ``"paths_outside_folder": true``
+    in the ``build_info.json`` beside it. An unreadable or absent file declares nothing."""
+    import json
+
+    info = Path(manifest).parent / "build_info.json"
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("paths_outside_folder") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _read_and_check(path: str | os.PathLike, validate: bool, check_files: bool, deep: bool,
-                    allow_absolute: bool, workers: int | None) -> tuple[pd.DataFrame | None, list[Problem]]:
+                    allow_absolute: bool | None, workers: int | None) -> tuple[pd.DataFrame | None, list[Problem]]:
+    if allow_absolute is None:
+        allow_absolute = declared_outside(path)
     if deep and not check_files:
         raise ValueError("deep=True opens the files: it needs check_files=True")
     table = _read_table(path)
@@ -572,20 +587,21 @@ def _read_and_check(path: str | os.PathLike, validate: bool, check_files: bool, 
 
 
 def check_manifest(path: str | os.PathLike, check_files: bool = True, *, deep: bool = False,
-                   allow_absolute: bool = False, workers: int | None = None) -> list[Problem]:
+                   allow_absolute: bool | None = None, workers: int | None = None) -> list[Problem]:
     """Every problem of the manifest file ``path`` (empty list when valid); never raises for the file.
 
     The file is read with :func:`read_manifest_csv`'s reader (structure problems: a file that
     cannot be opened, an empty file, bytes that are not UTF-8, rows with too few or too many
     fields, duplicate column names), then its rows are validated by :func:`validate_manifest`
     (same options). Every problem with a row carries its CSV line. What
-    ``medalign data validate`` prints.
+    ``medalign data validate`` prints. ``allow_absolute=None`` (the default) allows paths
+    outside the folder only when the builder declared them (:func:`declared_outside`).
     """
     return _read_and_check(path, True, check_files, deep, allow_absolute, workers)[1]
 
 
 def load_manifest(path: str | os.PathLike, validate: bool = True, check_files: bool = True, *,
-                  deep: bool = False, allow_absolute: bool = False, workers: int | None = None) -> pd.DataFrame:
+                  deep: bool = False, allow_absolute: bool | None = None, workers: int | None = None) -> pd.DataFrame:
     """Load a manifest; raise :class:`ManifestError` listing every problem when invalid.
 
     :class:`ManifestError` is the only exception for anything wrong with the file (missing,
@@ -594,6 +610,8 @@ def load_manifest(path: str | os.PathLike, validate: bool = True, check_files: b
     label values (they must become numbers) are checked. Label columns become floats
     (1.0 / 0.0 / -1.0, NaN for blank); every other column stays a string, image and mask
     paths stripped of surrounding blanks. ``df.attrs["root"]`` holds the manifest's folder.
+    ``allow_absolute=None`` (the default): paths outside the folder only when the builder
+    declared them in ``build_info.json`` (:func:`declared_outside`); True or False decides.
     """
     path = Path(path)
     df, problems = _read_and_check(path, validate, check_files, deep, allow_absolute, workers)

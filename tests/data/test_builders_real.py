@@ -181,6 +181,10 @@ def test_mimic_build(tmp_path, capsys):
     mimic_cxr.build(out, root=root, progress=False)
     df = _valid(out).set_index("study_id")
     info = json.loads((out / "build_info.json").read_text())
+    # no --size: the paths lead to the originals, the build says so, and its manifest loads as it is
+    from medalign_lite.data.manifest import check_manifest, load_manifest
+    assert info["paths_outside_folder"] is True and len(load_manifest(out / "manifest.csv")) == len(df)
+    assert check_manifest(out / "manifest.csv", allow_absolute=False)  # told otherwise, the paths are problems
     # one row per study with a frontal and some text
     assert sorted(df.index) == ["50000001", "50000002", "50000003", "50000005", "50000007", "50000008", "50000009"]
     assert info["dropped_no_frontal"] == 1 and info["dropped_empty_report"] == 1

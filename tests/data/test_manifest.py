@@ -329,3 +329,34 @@ def test_load_strips_paths_and_raises_only_manifest_error_for_labels(tiny_manife
     with pytest.raises(ManifestError) as e:
         load_manifest(root / "m.csv", validate=False)  # labels must become numbers, even unvalidated
     assert [(p.row, p.column) for p in e.value.problems] == [(2, "Edema")]
+
+
+def test_paths_outside_the_folder_load_when_the_builder_declared_them(tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from medalign_lite.data.manifest import (
+        ManifestError,
+        check_manifest,
+        empty_manifest_row,
+        load_manifest,
+    )
+
+    (tmp_path / "orig").mkdir()
+    (tmp_path / "out").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "orig" / "a.png")
+    row = empty_manifest_row()
+    row.update(study_id="s1", patient_id="p1", split="train", frontal="../orig/a.png", findings="x", view="PA",
+               dataset="mimic-cxr")
+    path = write_manifest(pd.DataFrame([row]), tmp_path / "out" / "manifest.csv", allow_absolute=True)
+    assert "leaves the manifest's folder" in str(check_manifest(path)[0])  # nobody allowed it
+    with pytest.raises(ManifestError):
+        load_manifest(path)
+    (tmp_path / "out" / "build_info.json").write_text(json.dumps({"paths_outside_folder": True}))
+    assert check_manifest(path) == [] and len(load_manifest(path)) == 1
+    assert check_manifest(path, allow_absolute=False)  # an explicit False still decides
+    (tmp_path / "out" / "build_info.json").write_text("{not json")
+    assert check_manifest(path)  # an unreadable build_info declares nothing

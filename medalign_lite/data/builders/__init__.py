@@ -7,7 +7,7 @@ MIMIC-CXR code and vice versa.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 BUILDERS: dict[str, str] = {
     "iu-phantom": "iu_phantom",

@@ -180,7 +180,8 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, per_
     write_build_info(out_dir, {"dataset": NAME, "root": str(root), "label_table": source, "seed": seed,
                                "per_class": per_class, "pool_sizes": pool_sizes, "rows": len(out),
                                "dropped_image_unreadable": dropped,
-                               "unreadable_images": unreadable_entries(unreadable)})
+                               "unreadable_images": unreadable_entries(unreadable)},
+                     paths_outside_folder=size is None)
     if dropped:
         print("chexpert-5x200: unreadable images dropped: " + ", ".join(f"{c} {n}" for c, n in dropped.items()))
     warn_unreadable(NAME, unreadable)

@@ -29,8 +29,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..findings import (CATALOGUE, SEVERITIES, Finding, chexpert_labels, findings_to_json,
-                        merge_findings, mesh_to_findings)
+from ..findings import (
+    CATALOGUE,
+    SEVERITIES,
+    Finding,
+    chexpert_labels,
+    findings_to_json,
+    merge_findings,
+    mesh_to_findings,
+)
 from ..manifest import format_labels, split_patients, write_manifest
 from ..masks import MAX_MASKS
 from .common import RenderJob, patient_seed, relpath, render_cache_dir, run_jobs

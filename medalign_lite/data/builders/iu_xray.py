@@ -198,7 +198,8 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, view
     counts.update(rows=int(n), layout="r2gen" if r2gen else "open-i", views=views, split=split, seed=seed,
                   splits={k: int(v) for k, v in df["split"].value_counts().items()})
     write_build_info(out_dir, {"dataset": NAME, "root": str(root), **counts,
-                               "unreadable_images": unreadable_entries(unreadable)})
+                               "unreadable_images": unreadable_entries(unreadable)},
+                     paths_outside_folder=size is None)
     print(f"iu-xray: {n} reports {counts['splits']}; dropped {counts['dropped_empty_report']} with empty "
           f"findings and impression, {counts['dropped_no_image_file']} without an image on disk, "
           f"{counts['dropped_only_lateral']} with laterals only, {counts['dropped_frontal_unreadable']} with the "

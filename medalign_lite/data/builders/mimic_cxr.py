@@ -338,7 +338,7 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, repo
     info["splits"] = {k: int(v) for k, v in out["split"].value_counts().items()}
     out_dir.mkdir(parents=True, exist_ok=True)  # relative paths are validated from here
     path = write_manifest(out, out_dir / "manifest.csv")
-    write_build_info(out_dir, info)
+    write_build_info(out_dir, info, paths_outside_folder=size is None)
     _report(info)
     warn_unreadable(NAME, unreadable)
     warn_unreadable(NAME, reports.unreadable, "report file")

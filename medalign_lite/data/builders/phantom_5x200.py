@@ -35,7 +35,7 @@ PATIENT_OFFSET = 10_000_000
 
 def random_finding(kind: str, rng: np.random.Generator) -> Finding:
     t = CATALOGUE[kind]
-    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]
     return Finding(kind, pick(t.sides), pick(t.zones), pick(SEVERITIES),
                    pick(t.variants) if t.variants else None)
 

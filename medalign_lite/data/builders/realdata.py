@@ -275,7 +275,14 @@ def file_names(folder: str | os.PathLike) -> set[str]:
         return set()
 
 
-def write_build_info(out_dir: str | os.PathLike, info: dict) -> Path:
-    """Write ``OUT/build_info.json`` (atomically) and return its path."""
+def write_build_info(out_dir: str | os.PathLike, info: dict, paths_outside_folder: bool = False) -> Path:
+    """Write ``OUT/build_info.json`` (atomically) and return its path.
+
+    ``paths_outside_folder``: the manifest points at the original images on another disk (a
+    build without ``--size``); recorded as ``"paths_outside_folder": true``, which
+    :func:`~medalign_lite.data.manifest.load_manifest` and ``medalign data validate`` read as
+    the builder's permission for paths that leave the manifest's folder (the ``allow_absolute``
+    default of ``None``)."""
+    info = {**info, "paths_outside_folder": bool(paths_outside_folder)}
     text = json.dumps(info, indent=2, default=str) + "\n"
     return atomic_write(Path(out_dir) / "build_info.json", lambda tmp: tmp.write_text(text))

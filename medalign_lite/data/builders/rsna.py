@@ -155,7 +155,7 @@ def build(out_dir, root=None, size=None, limit=None, seed=0, progress=True, work
             "dropped_image_unreadable": len(readable) - len(out), "unreadable_images": unreadable_entries(unreadable),
             "positives": int((label == "1").sum()),
             "splits": {k: int(v) for k, v in out["split"].value_counts().items()}}
-    write_build_info(out_dir, info)
+    write_build_info(out_dir, info, paths_outside_folder=size is None)
     print(f"rsna: {info['rows']} patients {info['splits']}, {info['positives']} positive; "
           f"{missing} dropped without an image file, {info['dropped_image_unreadable']} with it unreadable")
     warn_unreadable(NAME, unreadable)
