@@ -27,7 +27,8 @@ Files under ``output_dir``::
         scheduler.pt            LR schedule state (idem); scaler.pt with fp16
         rng_state_{rank}.pt     python / numpy / torch / CUDA generator states of each process
         trainer_state.json      stage index, epoch, step within epoch and stage, global step,
-                                sampler seed/stage/epoch, the open logging window
+                                sampler seed/stage/epoch, the open logging window, the skipped
+                                steps in a row, the sizes of the files above (written last)
 
 **Exact resume.** ``fit(resume=True)`` continues from the newest complete checkpoint, and the
 losses after it are bit-identical to those of a run that never stopped (same machine, seed and
@@ -46,6 +47,24 @@ process count), because nothing random depends on *when* the run started:
   each checkpoint and restored last when resuming; ``eval_fn`` runs with the generators
   preserved, so evaluation never shifts training randomness.
 
+**Non-finite steps** (:mod:`.guard`). An optimizer step whose loss or gradient norm is not finite
+is skipped: weights, AdamW state and LR schedule untouched, gradients zeroed, buffers its forward
+passes changed restored; a ``logging`` warning and a ``metrics.jsonl`` row (``skipped``,
+``study_ids``) report it. The step counters still advance (they are positions in the data
+order), so exact resume holds with skipped steps too. ``TrainConfig.max_bad_steps`` skipped
+steps in a row stop the run with :class:`NonFiniteLossError` (naming the stage, the global step
+and the study ids); a checkpoint is never written with non-finite weights
+(:class:`NonFiniteWeightsError`). Under several processes every process takes the same
+decision (the flags are gathered), under gradient accumulation it is one decision per
+optimizer step. The cost: one ``isfinite`` per micro-batch and on the total gradient norm
+(which clipping computes anyway; without clipping one ``_foreach_norm`` over the gradients) and
+one host sync per optimizer step.
+
+**A corrupt checkpoint.** ``fit(resume=True)`` reads the newest checkpoint whole before resuming
+(:func:`verify_checkpoint`); one that does not read back is named in a warning with the
+underlying error, moved aside to ``checkpoints/corrupt-step-N``, and the previous one is used,
+saying so; when none reads back, one :class:`CorruptCheckpointError` names the folder.
+
 **Several processes.** Under ``accelerate launch`` each process sees ``batch_size`` examples per
 micro-batch: the global batch is ``batch_size × num_processes × grad_accum``. The model is
 wrapped (DDP) per stage, after freezing, so a stage's newly trainable parameters are
@@ -61,7 +80,10 @@ The package, in reading order:
 - :mod:`.sampling`: the data order (:class:`EpochSampler`) and seeded augmentation
   (:class:`SeededItems`);
 - :mod:`.checkpoints`: weights on disk (:func:`save_weights`, :func:`load_weights`) and the
-  checkpoint folders (:func:`latest_checkpoint`, :func:`load_checkpoint_weights`);
+  checkpoint folders (:func:`latest_checkpoint`, :func:`load_checkpoint_weights`,
+  :func:`verify_checkpoint`, :func:`resume_checkpoint`);
+- :mod:`.guard`: the non-finite guard (:class:`StepGuard`, :class:`NonFiniteLossError`,
+  :class:`NonFiniteWeightsError`);
 - :mod:`.trainer`: :class:`Trainer`, the loop, its checkpoints and ``metrics.jsonl``.
 """
 from __future__ import annotations
@@ -70,10 +92,21 @@ from .checkpoints import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
     WEIGHTS,
+    CorruptCheckpointError,
+    checkpoint_folders,
     latest_checkpoint,
     load_checkpoint_weights,
     load_weights,
+    resume_checkpoint,
     save_weights,
+    verify_checkpoint,
+)
+from .guard import (
+    NonFiniteError,
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    StepGuard,
+    batch_study_ids,
 )
 from .sampling import EpochSampler, SeededItems
 from .stages import (
@@ -92,17 +125,26 @@ __all__ = [
     "PRECISIONS",
     "TRAINER_STATE",
     "WEIGHTS",
+    "CorruptCheckpointError",
     "EpochSampler",
+    "NonFiniteError",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "SeededItems",
     "Stage",
+    "StepGuard",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "batch_study_ids",
+    "checkpoint_folders",
     "freeze_for_stage",
     "latest_checkpoint",
     "load_checkpoint_weights",
     "load_weights",
+    "resume_checkpoint",
     "save_weights",
     "trainable_names",
+    "verify_checkpoint",
     "warmup_cosine",
 ]

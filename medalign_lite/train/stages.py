@@ -91,6 +91,10 @@ class TrainConfig:
             ``cuda``/``mps`` (checked to exist, then placed by accelerate as with ``auto``).
         find_unused_parameters: DDP option, for models whose trainable parameters do not all
             receive a gradient each step.
+        max_bad_steps: an optimizer step whose loss or gradient norm is not finite is skipped
+            (weights, optimizer and LR schedule untouched; logged with the batch's study ids);
+            this many skipped steps in a row stop the run with ``NonFiniteLossError``
+            (1: stop at the first; see :mod:`medalign_lite.train.guard`).
         stages: the run, in order.
     """
 
@@ -110,10 +114,11 @@ class TrainConfig:
     drop_last: bool = False
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     find_unused_parameters: bool = False
+    max_bad_steps: int = 3
     stages: list[Stage] = field(default_factory=lambda: [Stage()])
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "log_every"):
+        for name in ("batch_size", "grad_accum", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("save_every", "eval_every", "keep_last", "num_workers"):
@@ -145,11 +150,23 @@ class TrainResult:
         history: every ``metrics.jsonl`` row of the run, the rows before a resume included.
         checkpoint: the newest checkpoint folder (``checkpoints/step-N``).
         done: False when an FSDP run stopped at a stage boundary (launch again to continue).
+
+    ``skipped`` are the rows of the optimizer steps skipped for a non-finite loss or gradient
+    norm (``skipped``: the reason, ``study_ids``, ``stage``, ``global_step``), ``skipped_steps``
+    their number.
     """
 
     history: list[dict]
     checkpoint: Path | None
     done: bool = True
+
+    @property
+    def skipped(self) -> list[dict]:
+        return [r for r in self.history if "skipped" in r]
+
+    @property
+    def skipped_steps(self) -> int:
+        return len(self.skipped)
 
 
 # --------------------------------------------------------------------------- schedule and freezing

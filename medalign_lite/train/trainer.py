@@ -1,4 +1,5 @@
-"""The :class:`Trainer`: stages in order, exact resume, checkpoints and ``metrics.jsonl`` (see the package docstring)."""
+"""The :class:`Trainer`: stages in order, exact resume, checkpoints and ``metrics.jsonl`` (see the package
+docstring), the non-finite guard (:mod:`.guard`) and resume from the newest readable checkpoint."""
 from __future__ import annotations
 
 import fnmatch
@@ -30,9 +31,19 @@ from .checkpoints import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
     WEIGHTS,
+    CorruptCheckpointError,
     latest_checkpoint,
     load_weights,
+    resume_checkpoint,
     save_weights,
+)
+from .guard import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    StepGuard,
+    grads_finite,
+    nonfinite_names,
+    nonfinite_tensors,
 )
 from .sampling import EpochSampler, SeededItems, _mix
 from .stages import Stage, TrainConfig, TrainResult, freeze_for_stage, warmup_cosine
@@ -60,6 +71,12 @@ class _Window:
                 continue
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
+
+    def merge(self, other: _Window) -> None:
+        """Add ``other``'s sums and count (one optimizer step's micro-batches) to this window."""
+        for k, v in other.sums.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += other.count
 
     def _stacked(self, accelerator):
         names = sorted(self.sums, key=lambda k: (k != "loss", k))
@@ -129,6 +146,7 @@ class Trainer:
         self.history: list[dict] = []
         self.accelerator = None
         self._names: dict[str, set[str]] = {"params": set(), "trained": set()}
+        self._resume_weights: tuple[Path, dict] | None = None  # what verifying the checkpoint read
 
     # ---------------------------------------------------------------- set-up
 
@@ -189,11 +207,26 @@ class Trainer:
         patterns = [p for s in self.config.stages[: stage_index + 1] for p in s.trainable]
         return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
 
+    def _check_finite(self, model, pos: _Position, final: Path) -> None:
+        """Refuse to write a checkpoint with non-finite weights or buffers (every process decides alike)."""
+        acc = self.accelerator
+        bad = nonfinite_tensors(model).to(acc.device)
+        if acc.num_processes > 1:
+            bad = acc.gather(bad.to(torch.float32)[None]).any()
+        if bool(bad):
+            names = nonfinite_names(model)
+            stage = self.config.stages[pos.stage_index].name
+            raise NonFiniteWeightsError(
+                f"stage {stage!r}, global step {pos.global_step}: not writing {final}: the model holds non-finite "
+                f"values ({', '.join(names) if names else 'on another process'}); the newest checkpoint is "
+                f"{latest_checkpoint(self.config.output_dir)}", names)
+
     def _save(self, model, optimizer, scheduler, pos: _Position, window: _Window, stage_total: int,
-              elapsed: float) -> Path:
+              elapsed: float, bad_in_a_row: int = 0) -> Path:
         acc, cfg = self.accelerator, self.config
         root = Path(cfg.output_dir) / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{pos.global_step}"
+        self._check_finite(model, pos, final)
         # Not utils.atomic_dir: every process writes its part into this folder (so its name is fixed,
         # not random), a step saved again replaces the old folder, and a killed run's leftover is
         # cleared by name when the resumed run saves that step again.
@@ -230,7 +263,9 @@ class Trainer:
                      "sampler": {"seed": cfg.seed, "stage": pos.stage_index, "epoch": pos.epoch},
                      "num_processes": acc.num_processes, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                      "dataset_size": len(self.train_dataset), "save_weights": cfg.save_weights,
-                     "log_window": window_state, "elapsed": elapsed}
+                     "log_window": window_state, "elapsed": elapsed, "bad_in_a_row": bad_in_a_row,
+                     # sizes of what was written, checked on resume (a truncated file is corrupt)
+                     "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}}
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -257,8 +292,32 @@ class Trainer:
                              f"are {[s.name for s in cfg.stages]}")
         return state
 
+    def _find_resume_checkpoint(self, out: Path) -> Path | None:
+        """The newest checkpoint that reads back (:func:`.checkpoints.resume_checkpoint`), chosen on the
+        main process (which warns about and moves aside corrupt ones) and broadcast to the others."""
+        acc = self.accelerator
+        found: list = [None, None]
+        error = None
+        if acc.is_main_process:
+            try:
+                ckpt, weights = resume_checkpoint(out)
+                self._resume_weights = (ckpt, weights) if ckpt is not None else None
+                found = [None if ckpt is None else str(ckpt), None]
+            except CorruptCheckpointError as e:
+                error, found = e, [None, str(e)]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(found)
+        if error is not None:
+            raise error
+        if found[1] is not None:
+            raise CorruptCheckpointError(found[1], out / "checkpoints")
+        return None if found[0] is None else Path(found[0])
+
     def _load_model_weights(self, raw: nn.Module, ckpt: Path) -> None:
-        sd = load_weights(ckpt / WEIGHTS)
+        pre, self._resume_weights = self._resume_weights, None
+        sd = pre[1] if pre is not None and pre[0] == ckpt else load_weights(ckpt / WEIGHTS)
         if any(p.is_meta for p in raw.parameters()):
             # FSDP cpu_ram_efficient_loading: only rank 0 holds real weights; FSDP broadcasts them
             if self.accelerator.is_main_process:
@@ -312,10 +371,56 @@ class Trainer:
             self._write_row(row, metrics)
         acc.wait_for_everyone()
 
+    # ---------------------------------------------------------------- the step and its guard
+
+    def _optimizer_step(self, optimizer, scheduler, clip_params, guard: StepGuard) -> dict | None:
+        """Clip, check (:class:`.guard.StepGuard`), then step optimizer and schedule, or skip the step
+        (weights, optimizer and schedule untouched, buffers restored). Gradients are zeroed either
+        way. Returns the skipped step's record, or None."""
+        acc, cfg = self.accelerator, self.config
+        if acc.scaler is None:
+            if cfg.max_grad_norm is not None:
+                norm = acc.clip_grad_norm_(clip_params, cfg.max_grad_norm)  # the total norm, before clipping
+                grad_ok = None if norm is None else torch.isfinite(torch.as_tensor(norm))
+            else:
+                grad_ok = grads_finite(clip_params)
+            skipped = guard.check(acc, grad_ok)
+        else:  # fp16: a non-finite gradient is the scaler's to skip (it lowers its scale); check the loss
+            skipped = guard.check(acc, None)
+            if skipped is None and cfg.max_grad_norm is not None:
+                acc.clip_grad_norm_(clip_params, cfg.max_grad_norm)
+        if skipped is None:
+            optimizer.step()
+            if not optimizer.step_was_skipped:
+                scheduler.step()
+        else:
+            guard.restore()
+        optimizer.zero_grad(set_to_none=True)
+        guard.end()
+        return skipped
+
+    def _bad_steps_error(self, stage: Stage, pos: _Position, steps: list[dict], last_ckpt) -> NonFiniteLossError:
+        def ids(r):
+            return r["study_ids"] if r.get("study_ids") else "no study ids in the batch"
+
+        listing = "; ".join(f"global step {r['global_step']} ({r['skipped']}): {ids(r)}" for r in steps)
+        n = len(steps)
+        return NonFiniteLossError(
+            f"stage {stage.name!r}, global step {pos.global_step}: {n} optimizer step{'s' if n > 1 else ''} in a "
+            f"row {'were' if n > 1 else 'was'} skipped (max_bad_steps={self.config.max_bad_steps}): {listing}. "
+            "The model holds the finite weights "
+            f"of global step {pos.global_step - len(steps)}; newest checkpoint: {last_ckpt}",
+            stage=stage.name, global_step=pos.global_step, steps=list(steps))
+
     # ---------------------------------------------------------------- the loop
 
     def fit(self, resume: bool = True) -> TrainResult:
-        """Run every stage; with ``resume`` continue from the newest checkpoint in ``output_dir``.
+        """Run every stage; with ``resume`` continue from the newest checkpoint in ``output_dir``
+        that reads back whole (a corrupt newer one is named in a warning and moved aside).
+
+        Raises :class:`.guard.NonFiniteLossError` after ``max_bad_steps`` skipped steps in a row,
+        :class:`.guard.NonFiniteWeightsError` instead of writing a checkpoint with non-finite
+        weights, :class:`.checkpoints.CorruptCheckpointError` when no checkpoint reads back.
 
         ``resume=False`` starts over: it deletes ``metrics.jsonl`` and the ``checkpoints/step-*``
         folders of ``output_dir``.
@@ -340,7 +445,8 @@ class Trainer:
             save_config(cfg, out / "config.yaml")
         acc.wait_for_everyone()
 
-        ckpt = latest_checkpoint(out) if resume else None
+        self._resume_weights = None
+        ckpt = self._find_resume_checkpoint(out) if resume else None
         state = self._read_state(ckpt) if ckpt is not None else None
         pos = _Position(**{k: state[k] for k in ("stage_index", "epoch", "step_in_epoch", "stage_step", "global_step")}) \
             if state else _Position()
@@ -351,7 +457,11 @@ class Trainer:
 
         sampler = EpochSampler(len(self.train_dataset), cfg.seed)
         loader = acc.prepare(self._dataloader(sampler))
-        window = _Window()
+        window, step_window = _Window(), _Window()
+        guard = StepGuard()
+        if state is not None:
+            guard.in_a_row = int(state.get("bad_in_a_row", 0))
+            guard.recent = [r for r in self.history if "skipped" in r][-guard.in_a_row:] if guard.in_a_row else []
         t0 = time.perf_counter()
         last_ckpt = ckpt
         raw = self.model
@@ -424,38 +534,51 @@ class Trainer:
                 stopped_early = False
                 for batch in epoch_loader:
                     with acc.accumulate(model):
+                        guard.begin(raw)
                         out_ = model(batch)
                         if not isinstance(out_, dict) or "loss" not in out_:
                             raise TypeError("model.forward(batch) must return a dict with a 'loss' tensor, got "
                                             f"{type(out_).__name__}" + (f" with keys {list(out_)}" if isinstance(out_, dict) else ""))
                         acc.backward(out_["loss"])
-                        window.add(out_, acc.device)
+                        guard.add(out_["loss"], batch)
+                        step_window.add(out_, acc.device)
                         lr = scheduler.get_last_lr()[0]
-                        if acc.sync_gradients and cfg.max_grad_norm is not None:
-                            acc.clip_grad_norm_(clip_params, cfg.max_grad_norm)
-                        optimizer.step()
-                        if acc.sync_gradients and not optimizer.step_was_skipped:
-                            scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        skipped = self._optimizer_step(optimizer, scheduler, clip_params, guard) \
+                            if acc.sync_gradients else None
                     if not acc.sync_gradients:
                         continue
+                    if skipped is None:  # a skipped step's outputs stay out of the logged means
+                        window.merge(step_window)
+                    step_window = _Window()
                     pos.step_in_epoch += 1
                     pos.stage_step += 1
                     pos.global_step += 1
                     bar.update(1)
                     elapsed = elapsed0 + time.perf_counter() - t0
-                    if pos.global_step % cfg.log_every == 0 or pos.stage_step == total:
-                        means = window.means(acc)
+                    log_now = pos.global_step % cfg.log_every == 0 or pos.stage_step == total
+                    if skipped is not None or log_now:
+                        means = window.means(acc) if log_now else {}
                         row = {"stage": stage.name, "epoch": pos.epoch, "step": pos.stage_step,
-                               "global_step": pos.global_step, **means, "lr": lr, "time": elapsed}
+                               "global_step": pos.global_step, **means, **(skipped or {}), "lr": lr, "time": elapsed}
                         self._write_row(row, metrics)
                         if "loss" in means:
                             bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
+                    if skipped is not None:
+                        guard.recent.append(row)
+                        if acc.is_main_process:
+                            logger.warning("stage %r, global step %d: %s, optimizer step skipped (%d in a row, "
+                                           "max_bad_steps=%d); study ids: %s", stage.name, pos.global_step,
+                                           skipped["skipped"], guard.in_a_row, cfg.max_bad_steps,
+                                           skipped["study_ids"] if skipped["study_ids"] else "none in the batch")
+                        if guard.in_a_row >= cfg.max_bad_steps:
+                            bar.close()
+                            raise self._bad_steps_error(stage, pos, guard.recent, last_ckpt)
                     if self.eval_fn is not None and (
                             (cfg.eval_every and pos.global_step % cfg.eval_every == 0) or pos.stage_step == total):
                         self._evaluate(model, stage, pos, elapsed, metrics)
                     if (cfg.save_every and pos.global_step % cfg.save_every == 0) or pos.stage_step == total:
-                        last_ckpt = self._save(model, optimizer, scheduler, pos, window, total, elapsed)
+                        last_ckpt = self._save(model, optimizer, scheduler, pos, window, total, elapsed,
+                                               guard.in_a_row)
                     if pos.stage_step >= total:
                         stopped_early = True
                         break
