@@ -137,10 +137,12 @@ def similarity_overlay(ax, image: np.ndarray, values: np.ndarray, grid: tuple[in
 def training_curves(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "global_step",
                     title: str = "training") -> plt.Figure:
     """Loss curves from the trainer's metrics history (rows of ``metrics.jsonl``), one panel
-    per key, stage boundaries marked."""
+    per key, stage boundaries marked. Rows without the key (a step the trainer skipped for a
+    non-finite loss, an evaluation row) leave a gap; the default keys are every ``loss*`` key of
+    any row, in first-seen order."""
     rows = [r for r in history if x in r]
     if keys is None:
-        keys = [k for k in rows[0] if k.startswith("loss")] if rows else []
+        keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("loss")))
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3), squeeze=False)
     xs = [r[x] for r in rows]
     stages = [r.get("stage") for r in rows]

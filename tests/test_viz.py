@@ -43,6 +43,16 @@ def test_training_curves_one_panel_per_loss_and_stage_marks():
     plt.close(fig)
 
 
+def test_training_curves_find_the_losses_when_the_first_row_is_a_skipped_step():
+    hist = [{"global_step": 1, "stage": "s1", "skipped": "non-finite loss", "study_ids": ["a"]}] + [
+        {"global_step": i, "stage": "s1", "loss": 1 / i} for i in range(2, 6)]
+    fig = viz.training_curves(hist)
+    assert len(fig.axes) == 1 and fig.axes[0].get_title() == "loss"
+    ys = fig.axes[0].lines[0].get_ydata()
+    assert np.isnan(ys[0]) and np.allclose(ys[1:], [1 / i for i in range(2, 6)])  # a gap where it skipped
+    plt.close(fig)
+
+
 def test_group_sizes_count_kept_elements_with_a_floor_of_one():
     a = np.array([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0], [np.nan, np.nan, np.nan]])
     sizes = viz.group_sizes(a, [0.0, 0.6, 2.0])
