@@ -47,7 +47,7 @@ from ..train import (
     WEIGHTS,
     Stage,
     load_weights,
-    save_weights,
+    replace_checkpoint_weights,
 )
 from ..utils import torch_threads
 
@@ -247,7 +247,7 @@ def branch_into(src: FinishedRun, k: int, run_dir: Path,
     shutil.copytree(ckpt, dst)
     state = json.loads((ckpt / TRAINER_STATE).read_text())
     if convert is not None:
-        save_weights(convert(load_weights(dst / WEIGHTS)), dst / WEIGHTS)
+        replace_checkpoint_weights(dst, convert(load_weights(dst / WEIGHTS)))
     rows = []
     metrics = src.run_dir / "metrics.jsonl"
     if metrics.is_file():

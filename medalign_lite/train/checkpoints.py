@@ -99,6 +99,21 @@ def _load_pt(path: Path, mmap: bool = False):
     return torch.load(path, weights_only=True, mmap=mmap)
 
 
+def replace_checkpoint_weights(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write ``state_dict`` as the weights of checkpoint ``ckpt`` (e.g. converted for another
+    model that resumes from it) and record the new file size in its ``trainer_state.json``, so
+    that :func:`verify_checkpoint` still accepts it."""
+    from ..utils import atomic_write
+
+    ckpt = Path(ckpt)
+    save_weights(state_dict, ckpt / WEIGHTS)
+    state_path = ckpt / TRAINER_STATE
+    state = json.loads(state_path.read_text())
+    if state.get("files") is not None:
+        state["files"][WEIGHTS] = (ckpt / WEIGHTS).stat().st_size
+        atomic_write(state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1)))
+
+
 def verify_checkpoint(ckpt: str | Path) -> dict[str, torch.Tensor]:
     """Read every file of a trainer checkpoint; return its weights (what :func:`load_weights` gives).
 
