@@ -1,7 +1,23 @@
-"""Fixtures of the model tests: a recorder of the progress bars transformers would draw."""
+"""Fixtures of the model tests: a word tokenizer of a few report sentences, and a recorder of
+the progress bars transformers would draw."""
 from __future__ import annotations
 
 import pytest
+
+from medalign_lite.text.tokenizer import save_word_tokenizer, train_word_tokenizer
+
+CORPUS = ["the heart is normal in size .", "the lungs are clear .", "no pleural effusion .",
+          "small left pleural effusion .", "no pneumothorax .", "the heart is enlarged ."] * 2
+#: A tiny Llama: enough to test loading, LoRA and generation in milliseconds.
+SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "max_positions": 64}
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    """A word tokenizer trained on :data:`CORPUS`, saved to a folder (its path)."""
+    folder = tmp_path_factory.mktemp("word_tok")
+    save_word_tokenizer(train_word_tokenizer(CORPUS, min_frequency=1), folder)
+    return str(folder)
 
 
 @pytest.fixture

@@ -16,18 +16,8 @@ from medalign_lite.models.generation import (
     share_prompt_cache,
 )
 from medalign_lite.models.llm import LLMConfig, apply_lora, load_causal_lm
-from medalign_lite.text.tokenizer import save_word_tokenizer, train_word_tokenizer
 
-CORPUS = ["the heart is normal in size .", "the lungs are clear .", "no pleural effusion .",
-          "small left pleural effusion .", "no pneumothorax .", "the heart is enlarged ."] * 2
-SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "max_positions": 64}
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gen_tok")
-    save_word_tokenizer(train_word_tokenizer(CORPUS, min_frequency=1), folder)
-    return str(folder)
+from .conftest import SMALL
 
 
 def tiny_lm(tok_dir, lora: bool = False, seed: int = 0):

@@ -11,18 +11,8 @@ from medalign_lite.models.llm import (
     load_causal_lm,
 )
 from medalign_lite.models.loading import ModelNotAvailable, quiet_hub_progress
-from medalign_lite.text.tokenizer import save_word_tokenizer, train_word_tokenizer
 
-CORPUS = ["the heart is normal in size .", "the lungs are clear .", "no pleural effusion .",
-          "small left pleural effusion .", "no pneumothorax .", "the heart is enlarged ."] * 2
-SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "max_positions": 64}
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("word_tok")
-    save_word_tokenizer(train_word_tokenizer(CORPUS, min_frequency=1), folder)
-    return str(folder)
+from .conftest import CORPUS, SMALL
 
 
 def _lm_loss(model, tok, texts):
