@@ -319,7 +319,7 @@ def bench_s2d_generate(n_reports: int = 256, batch_size: int = 64, num_beams: in
     span = max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)
     n_rep = sum(p["n_reports"] for p in parts)
     n_tok = sum(p["tokens_per_s"] * p["seconds"] for p in parts)
-    return {**parts[0], "processes": processes, "threads": per_thread, "n_reports": n_rep, "seconds": round(span, 3),
+    return {**parts[0], "processes": processes, "threads": per_thread, "n_reports": n_rep, "seconds": round(span, 6),
             "cpu_seconds": round(sum(p["cpu_seconds"] for p in parts), 3),
             "reports_per_s": round(n_rep / span, 2), "tokens_per_s": round(n_tok / span, 1),
             "mean_generated_tokens": round(n_tok / n_rep, 1),
@@ -385,7 +385,7 @@ def _s2d_generate_point(kw: dict) -> dict:
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
                "n_reports": n_rep, "batch_size": batch_size, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
                "report_tokens": report_tokens, "prefill_once": prefill_once, "prompt_tokens": prompt_len,
-               "memory_size": model.config.memory_size, "seconds": round(sec, 3),
+               "memory_size": model.config.memory_size, "seconds": round(sec, 6),
                "cpu_seconds": round(cpu_s[prefill_once], 3),
                "reports_per_s": round(n_rep / sec, 2), "tokens_per_s": round(n_tok / sec, 1),
                "mean_generated_tokens": round(n_tok / n_rep, 1), "processes": 1,
