@@ -12,6 +12,8 @@ module                   job
 ``variants``             seeds × variants, branching from shared stage checkpoints, the
                          worker pool, one mean ± std table
 ``claims``               one rule for a claimed ordering: holds / reversed / undecided
+``ceiling``              the supervised ceiling: the same image encoder and budget trained on
+                         the labels (image→image P@K, CAM grounding, per-observation AUROC)
 ``aga``, ``s2d``         each method's variant table (and S2D's configuration and stages)
 ``s2d_runs``             S2D's driver: variants → reports → scores, tables, decided claims
 ``params``               checks of a notebook's parameters (``ValueError`` naming each)

@@ -282,6 +282,18 @@ def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, spli
                 kinds.append(batch.finding_names[b][k])
                 study.append(ds.df.iloc[row + b]["study_id"])
         row += len(batch)
+    return score_grounding(maps, masks, kinds, study, grid)
+
+
+def score_grounding(maps: list[torch.Tensor], masks: list[torch.Tensor], kinds: list[str], study_ids: list[str],
+                    grid: tuple[int, int] | None) -> dict:
+    """Pointing game and mask AUROC of phrase maps against their findings' masks, overall and
+    per finding kind (:func:`grounding_eval`, and the supervised ceiling's class activation maps,
+    :mod:`medalign_lite.experiments.ceiling`).
+
+    ``maps``: one (P,) score per patch for each phrase, ``grid`` their (h, w); ``masks``: the
+    findings' (H, W) masks; ``kinds``, ``study_ids``: each phrase's finding kind and study.
+    """
     if not maps:
         return {"n_phrases": 0}
     sim = torch.stack(maps).reshape(len(maps), *grid)
@@ -296,4 +308,4 @@ def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, spli
         per_kind[kind] = {"n": len(idx), "pointing": float(np.mean(hits[idx])),
                           "mask_auroc": float(np.nanmean(per_item[idx])) if np.isfinite(per_item[idx]).any() else float("nan")}
     return {"n_phrases": len(maps), "pointing_game": float(pg["accuracy"]), "mask_auroc": float(au["mean"]),
-            "per_kind": per_kind, "maps": sim, "masks": m, "kinds": kinds, "study_ids": study, "grid": grid}
+            "per_kind": per_kind, "maps": sim, "masks": m, "kinds": kinds, "study_ids": list(study_ids), "grid": grid}
