@@ -128,6 +128,8 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         for name in ("random", *params.get("methods", ("convirt", "gloria"))):
             assert 0 <= metrics[f"{name}/i2t_P@5"] <= 1
         assert metrics["gloria/n_phrases"] > 0 and 0 <= metrics["gloria/mask_auroc"] <= 1
+        assert 0 <= metrics["ceiling/i2i_P@5"] <= 1  # the supervised ceiling beside the methods
+        assert 0 < metrics["supervised ceiling/n_phrases"] <= metrics["gloria/n_phrases"]
     if stem == "02_aga_gating_iga_bcga":
         n_seeds = min(params.get("n_seeds", 3), 2)
         assert metrics["seeds"] == [seed + i for i in range(n_seeds)]
@@ -138,6 +140,7 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         for style in dict.fromkeys([text, *params.get("sigma_texts", ["structured"])]):
             assert 0 < metrics[f"sigma_tg/{style}"] < 1.5 and 0 < metrics[f"sigma_vg/{style}"] < 1.5
         assert metrics["grad_norm/untrained/IGA"] > 0 and metrics["full/pointing_game"] >= 0
+        assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
         claim = metrics["claim/full>no_bcga/i2t_P@5"]  # the claims rule: verdict and interval
         assert claim["verdict"] in ("holds", "reversed", "undecided") and claim["low"] <= claim["diff"] <= claim["high"]
     if stem == "05_s2d_full":
