@@ -26,7 +26,6 @@ pooled vector, so that its CAM needs no gradient.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from ..eval.zeroshot import auroc
 from ..models.vision import build_image_encoder
 from ..train import Stage, TrainConfig, Trainer, TrainResult
 from ..utils import module_device, quiet_progress
-from .contrastive import AlignmentRecipe, score_grounding
+from .contrastive import AlignmentRecipe, finding_phrases, score_grounding
 from .generation import encode_dataset
 
 __all__ = ["UNCERTAIN", "LabelCeiling", "build_ceiling", "ceiling_auroc", "ceiling_grounding", "ceiling_retrieval",
@@ -182,19 +181,16 @@ def ceiling_grounding(model: LabelCeiling, manifest: str | Path, image_size: int
         for batch in quiet_progress(loader, desc="ceiling grounding"):
             cam, grid = model.cam(batch.images.to(dev))
             cam = cam.float().cpu()
-            for b in range(len(batch)):  # phrases per report vary: gather them, score batched after
-                for k, section, _start, _end in json.loads(ds.df.iloc[row + b][spans_column]):
-                    if section != "findings" or k >= batch.finding_masks.shape[1] or not batch.finding_valid[b, k]:
-                        continue
-                    kind = batch.finding_names[b][k]
-                    observations = CATALOGUE[kind].chexpert if kind in CATALOGUE else ()
-                    if not observations:
-                        skipped += 1
-                        continue
-                    maps.append(cam[b, CHEXPERT_LABELS.index(observations[0])])
-                    masks.append(batch.finding_masks[b, k])
-                    kinds.append(kind)
-                    study.append(ds.df.iloc[row + b]["study_id"])
+            for b, k, _start, _end in finding_phrases(ds, batch, row, spans_column):
+                kind = batch.finding_names[b][k]
+                observations = CATALOGUE[kind].chexpert if kind in CATALOGUE else ()
+                if not observations:
+                    skipped += 1
+                    continue
+                maps.append(cam[b, CHEXPERT_LABELS.index(observations[0])])
+                masks.append(batch.finding_masks[b, k])
+                kinds.append(kind)
+                study.append(ds.df.iloc[row + b]["study_id"])
             row += len(batch)
     finally:
         model.train(was)

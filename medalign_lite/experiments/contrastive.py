@@ -267,22 +267,29 @@ def grounding_eval(model: nn.Module, manifest: str | Path, image_size: int, spli
         grid = img.grid
         patches = l2norm(img.patches)                                    # (B, P, d)
         words = l2norm(txt.tokens)                                       # (B, W, d)
-        for b in range(len(batch)):  # phrases per report vary: gather them, then score batched
-            spans = json.loads(ds.df.iloc[row + b][spans_column])
-            for k, section, start, end in spans:
-                if section != "findings" or k >= batch.finding_masks.shape[1] or not batch.finding_valid[b, k]:
-                    continue
-                wm = torch.from_numpy(phrase_word_mask(spans_words[b], start, end))[: words.shape[1]]
-                wm = wm & txt.mask[b, : wm.shape[0]].cpu()
-                if not wm.any():
-                    continue  # phrase truncated away
-                phrase = l2norm(words[b, : wm.shape[0]][wm.to(dev)].mean(0))
-                maps.append((patches[b] @ phrase).cpu())
-                masks.append(batch.finding_masks[b, k])
-                kinds.append(batch.finding_names[b][k])
-                study.append(ds.df.iloc[row + b]["study_id"])
+        for b, k, start, end in finding_phrases(ds, batch, row, spans_column):  # gathered, then scored batched
+            wm = torch.from_numpy(phrase_word_mask(spans_words[b], start, end))[: words.shape[1]]
+            wm = wm & txt.mask[b, : wm.shape[0]].cpu()
+            if not wm.any():
+                continue  # phrase truncated away
+            phrase = l2norm(words[b, : wm.shape[0]][wm.to(dev)].mean(0))
+            maps.append((patches[b] @ phrase).cpu())
+            masks.append(batch.finding_masks[b, k])
+            kinds.append(batch.finding_names[b][k])
+            study.append(ds.df.iloc[row + b]["study_id"])
         row += len(batch)
     return score_grounding(maps, masks, kinds, study, grid)
+
+
+def finding_phrases(ds: ManifestDataset, batch, row: int, spans_column: str = "written_spans"):
+    """Yield ``(b, k, start, end)`` for every finding phrase of the batch's studies (rows
+    ``row``… of ``ds``) that grounding is scored on: in the findings section, with a valid mask
+    ``k`` (``batch.finding_masks[b, k]``); ``start:end`` is its character span. Phrases per
+    report vary, so the caller gathers their maps and scores them batched."""
+    for b in range(len(batch)):
+        for k, section, start, end in json.loads(ds.df.iloc[row + b][spans_column]):
+            if section == "findings" and k < batch.finding_masks.shape[1] and batch.finding_valid[b, k]:
+                yield b, k, start, end
 
 
 def score_grounding(maps: list[torch.Tensor], masks: list[torch.Tensor], kinds: list[str], study_ids: list[str],
