@@ -137,6 +137,9 @@ class ManifestDataset(Dataset):
             training transform is random, so caching it would freeze one augmentation). For
             the many short runs of an ablation on one dataset; 2,749 studies at 96 px are
             about 100 MB.
+
+    ``deterministic`` is True when reading an item draws no random number (the eval
+    transform, no custom one): the trainer then reads it without seeding generators for it.
     """
 
     def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = "train",
@@ -162,6 +165,7 @@ class ManifestDataset(Dataset):
         self.masks = masks
         self.prior_report = prior_report
         self.transform = transform or build_transform(image_size, train, mean, std, channels)
+        self.deterministic = not train and transform is None
         self.labels = torch.tensor(self.df[list(LABEL_COLUMNS)].to_numpy(dtype=np.float32))
         self.texts = [" ".join(t for t in (str(row[c]).strip() for c in self.text_columns) if t)
                       for _, row in self.df[list(self.text_columns)].iterrows()]

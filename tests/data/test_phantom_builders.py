@@ -165,3 +165,11 @@ def test_item_cache_returns_the_same_items_and_refuses_random_transforms(iu, mon
         assert b["text"] == a["text"] and b is not c  # a fresh dict each time
     with pytest.raises(ValueError, match="train=False"):
         ManifestDataset(iu, split=None, image_size=48, train=True, cache=True)
+    # the eval transform draws no random number: the trainer reads such items without seeding
+    assert plain.deterministic and cached.deterministic
+    assert not ManifestDataset(iu, split=None, image_size=48, train=True).deterministic
+    assert not ManifestDataset(iu, split=None, image_size=48, transform=lambda *x: x).deterministic
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    plain[0]
+    assert torch.equal(torch.get_rng_state(), state)
