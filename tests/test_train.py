@@ -122,7 +122,7 @@ def test_recorded_steps_time_every_phase_and_change_nothing(tmp_path, uninterrup
     assert [s["stage"] for s in timer.steps] == ["heads"] * 8 + ["all"] * 3
     assert all(s["checkpoint"] for s in timer.steps)  # save_every=1
     for s in timer.steps:
-        assert set(PHASES) <= set(s) and all(s[p] >= 0 for p in PHASES), s
+        assert set(PHASES) <= set(s) and all(s[p] >= 0 and s[f"cpu/{p}"] >= 0 for p in PHASES), s
     # phases tile the step: their sum is the wall time between the first batch and the last step's end
     t0 = __import__("time").perf_counter()
     with record_steps() as timer:

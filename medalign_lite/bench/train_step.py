@@ -241,7 +241,9 @@ def _module_hooks(model: nn.Module, timer: StepTimer, encoders: Sequence[str]) -
 def summarize_steps(steps: Sequence[dict], encoders: Sequence[str], skip: int = 0) -> dict:
     """Mean seconds per optimizer step of each phase over ``steps`` (the first ``skip`` and
     any that wrote a checkpoint left out), with the forward and backward passes split between
-    the ``encoders`` and the head/loss; ``shares`` of the step; ``steps_per_s``."""
+    the ``encoders`` and the head/loss; ``shares`` of the step; ``steps_per_s``; the process
+    CPU seconds of a step and of each phase (``cpu_step_s``, ``cpu_phases_s``: what to compare
+    on a machine shared with other jobs)."""
     kept = [s for s in steps[skip:] if not s.get("checkpoint")]
     if not kept:
         raise ValueError(f"no step to summarise ({len(steps)} recorded, {skip} skipped, checkpoints left out)")
@@ -254,8 +256,10 @@ def summarize_steps(steps: Sequence[dict], encoders: Sequence[str], skip: int = 
     parts = {"data": mean["data"], "encoders": enc_fwd + mean["backward"] - head_bwd,
              "head_loss": mean["forward"] - enc_fwd + head_bwd, "optimizer": mean["optimizer"], "other": mean["other"]}
     total = sum(mean.values())
+    cpu = {p: statistics.fmean(s.get(f"cpu/{p}", 0.0) for s in kept) for p in PHASES}
     return {"steps": len(kept), "step_s": total, "steps_per_s": 1.0 / total, **{f"{k}_s": v for k, v in parts.items()},
             "shares": {k: v / total for k, v in parts.items()},
+            "cpu_step_s": sum(cpu.values()), "cpu_phases_s": cpu,
             "phases_s": mean, "forward_by_module_s": {**by_module, "(rest of forward)": mean["forward"] - sum(by_module.values())},
             "median_step_s": statistics.median(sum(s.get(p, 0.0) for p in PHASES) for s in kept)}
 

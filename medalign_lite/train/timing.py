@@ -12,6 +12,8 @@ Phases, in the order the trainer meets them (each is the time since the previous
 - ``other``: the trainer's bookkeeping (the logged window, ``metrics.jsonl`` rows, the progress
   bar, evaluation and checkpoints when they fall on the step).
 
+Each phase also has its process CPU time (``cpu/<phase>``: user + system of every thread of
+the process), which a machine shared with other jobs inflates much less than wall-clock time.
 A caller may split a phase further (``medalign bench train-step`` times the encoders inside the
 forward and backward passes with module hooks): :meth:`StepTimer.add` adds seconds to a named
 sub-phase and :meth:`StepTimer.mark` keeps the first moment an event happened in the step.
@@ -38,8 +40,9 @@ _ACTIVE: ContextVar[StepTimer | None] = ContextVar("medalign_step_timer", defaul
 class StepTimer:
     """Per-step phase times of the trainer runs inside one :func:`record_steps` block.
 
-    ``steps``: one dict per optimizer step with the seconds of each phase (and of any
-    sub-phase :meth:`add` was given), ``stage`` and ``global_step``, and ``marks``
+    ``steps``: one dict per optimizer step with the seconds of each phase, its CPU seconds
+    (``cpu/<phase>``), the seconds of any sub-phase :meth:`add` was given, ``stage``,
+    ``global_step``, ``checkpoint`` (whether the step wrote one), and ``marks``
     (event → seconds since the step's backward pass began, for :meth:`mark`).
     """
 
@@ -49,6 +52,7 @@ class StepTimer:
         self._current: dict[str, float] = {}
         self._marks: dict[str, float] = {}
         self._last: float | None = None
+        self._last_cpu = 0.0
         self._backward_start: float | None = None
 
     def now(self) -> float:
@@ -60,15 +64,18 @@ class StepTimer:
     def start(self) -> None:
         """Start the clock (the trainer calls this before each stage's first batch)."""
         self._last = self.now()
+        self._last_cpu = time.process_time()
 
     def lap(self, phase: str) -> None:
         """The time since the previous boundary goes to ``phase``."""
-        now = self.now()
+        now, cpu = self.now(), time.process_time()
         if self._last is not None:
             self._current[phase] = self._current.get(phase, 0.0) + now - self._last
+            key = f"cpu/{phase}"
+            self._current[key] = self._current.get(key, 0.0) + cpu - self._last_cpu
         if phase == "forward":
             self._backward_start = now
-        self._last = now
+        self._last, self._last_cpu = now, cpu
 
     def add(self, phase: str, seconds: float) -> None:
         """Add ``seconds`` to a sub-phase of the current step (e.g. the encoders' forward)."""
