@@ -8,7 +8,6 @@ import torch
 
 from .common import _device_name, _sync
 
-
 #: Mean length of an IU X-Ray report (findings + impression) in tokens of the tiny LM's word
 #: tokenizer: 45.8 over the 3,927 non-empty reports (median 41, 95th percentile 91), so 45
 #: words + <eos>.

@@ -8,7 +8,7 @@ import resource
 
 import torch
 
-from .common import _device_name, _slope, _sync, time_fn
+from .common import _device_name, _slope, time_fn
 
 
 def _gloria_step(b: int, t: int, p: int, d: int, device: torch.device, dtype: torch.dtype, chunk: int | None):
@@ -158,7 +158,7 @@ def bench_aga(batch_size: int = 48, t: int = 97, p: int = 361, d: int = 128,
     for dtype in dtypes:
         dt = getattr(torch, dtype)
 
-        def amp():
+        def amp(dt=dt):
             return torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32)
 
         def head_step(h):
