@@ -252,6 +252,36 @@ def threshold_curves(histories: dict[str, Sequence[dict]], keys: Sequence[str] =
     return fig
 
 
+def learning_curves(curves: dict[str, Sequence[tuple[Sequence[int], Sequence[float]]]], ylabel: str = "validation P@5",
+                    stop: int | None = None, references: dict[str, float] | None = None,
+                    title: str = "learning curves") -> plt.Figure:
+    """Validation score against optimizer steps: for each system, one thin line per seed and
+    their mean in bold (seeds evaluated at the same steps). ``stop``: where the default run
+    stops (a dashed vertical line; a longer run shows what lies beyond it); ``references``:
+    horizontal lines, e.g. ``{"supervised ceiling": 0.8, "untrained": 0.2}``."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for k, (name, runs) in enumerate(curves.items()):
+        color = _COLORS[k % len(_COLORS)]
+        runs = [(np.asarray(x), np.asarray(y, dtype=float)) for x, y in runs if len(x)]
+        for x, y in runs:
+            ax.plot(x, y, color=color, lw=0.6, alpha=0.45)
+        if runs:
+            n = min(len(x) for x, _ in runs)
+            mean = np.mean([y[:n] for _, y in runs], axis=0)
+            label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            ax.plot(runs[0][0][:n], mean, color=color, lw=1.8, marker="o", ms=3, label=label)
+    for k, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=("black", "grey", "darkgrey")[k % 3], ls=(":", "--", "-.")[k % 3], lw=0.9, label=name)
+    if stop is not None:
+        ax.axvline(stop, color="red", ls="--", lw=0.8, label=f"default run stops ({stop} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"), chance: float | None = None,
                   title: str = "ablations") -> plt.Figure:
     """Grouped bars of ``<key> mean`` with ``<key> std`` error bars, one group per variant

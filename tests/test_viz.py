@@ -93,3 +93,18 @@ def test_memory_attention_grid_one_panel_per_query_and_the_image():
 
     with pytest.raises(ValueError, match="attention must be"):
         viz.memory_attention_grid(np.zeros((8, 8)), np.ones((2, 5)), grid)
+
+
+def test_learning_curves_draw_each_seed_their_mean_the_stop_and_the_references():
+    curves = {"full": [([100, 200, 300], [0.3, 0.5, 0.6]), ([100, 200, 300], [0.4, 0.5, 0.7])],
+              "gloria": [([100, 200, 300], [0.2, 0.3, 0.4])]}
+    fig = viz.learning_curves(curves, stop=200, references={"supervised ceiling": 0.8, "untrained": 0.2})
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    mean = lines["full (2 seeds)"]
+    assert list(mean.get_xdata()) == [100, 200, 300] and np.allclose(mean.get_ydata(), [0.35, 0.5, 0.65])
+    assert list(lines["gloria (1 seed)"].get_ydata()) == [0.2, 0.3, 0.4]
+    assert list(lines["default run stops (200 steps)"].get_xdata()) == [200, 200]
+    assert list(lines["supervised ceiling"].get_ydata()) == [0.8, 0.8]
+    assert len(ax.lines) == 3 + 2 + 3  # per-seed lines, two means, the stop and two references
+    plt.close(fig)
