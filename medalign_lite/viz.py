@@ -282,6 +282,33 @@ def learning_curves(curves: dict[str, Sequence[tuple[Sequence[int], Sequence[flo
     return fig
 
 
+def normalized_similarity_histograms(values: dict[str, dict[str, np.ndarray]],
+                                     sigmas: dict[str, dict[str, float]] | None = None, bins: int = 40,
+                                     title: str = "min-max normalised similarities") -> plt.Figure:
+    """One panel per gate (``"tg"``: each token's similarities normalised over patches; ``"vg"``:
+    each patch's over tokens): for every report style, the histogram (a density) of the
+    normalised values, their mean S̄ (dashed: what σ follows) and the trained σ (solid).
+    ``values``: style → {"tg": array, "vg": array}; ``sigmas``: style → {"tg": σ, "vg": σ}."""
+    gates = ("tg", "vg")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    for ax, gate in zip(axes[0], gates):
+        for k, (style, v) in enumerate(values.items()):
+            color = _COLORS[k % len(_COLORS)]
+            x = np.asarray(v[gate], dtype=float)
+            ax.hist(x, bins=bins, range=(0, 1), density=True, histtype="step", color=color, lw=1.4, label=style)
+            ax.axvline(x.mean(), color=color, ls="--", lw=1, label=f"{style}: S̄ {x.mean():.2f}")
+            if sigmas and style in sigmas:
+                ax.axvline(sigmas[style][gate], color=color, ls="-", lw=1.8, alpha=0.6,
+                           label=f"{style}: σ {sigmas[style][gate]:.2f}")
+        ax.set_title({"tg": "TGV gate: each token over the patches", "vg": "PGL gate: each patch over the tokens"}[gate],
+                     fontsize=9)
+        ax.set_xlabel("normalised similarity")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"), chance: float | None = None,
                   title: str = "ablations") -> plt.Figure:
     """Grouped bars of ``<key> mean`` with ``<key> std`` error bars, one group per variant
@@ -307,14 +334,21 @@ def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"
 def threshold_explorer(normalized: np.ndarray, words: Sequence[str], sigma: float = 0.5):
     """An ipywidgets slider over σ that redraws the gated matrix and the group sizes of one
     pair's normalised (T, P) similarities. Returns the widget (None without ipywidgets); it
-    does nothing headless, so notebooks draw a static figure first."""
+    does nothing headless, so notebooks draw a static figure first.
+
+    The picture is a PNG in an ``Image`` widget that the slider replaces, not an ``Output``
+    widget around ``plt.show()`` (``ipywidgets.interactive``): headless executors capture an
+    Output widget's messages specially, and nbclient can wait for ever on such a cell
+    (jupyter/nbclient#312, nteract/papermill#723 — it hung notebook 02 here)."""
     try:
         import ipywidgets as widgets
     except ImportError:  # pragma: no cover - the notebooks extra installs it
         return None
+    import io
+
     a = np.asarray(normalized, dtype=float)[: len(words)]
 
-    def draw(s: float):
+    def render(s: float) -> bytes:
         gated = np.where(a >= s, a, 0.0)
         sizes = np.maximum((a >= s).sum(1), 1)
         fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 0.22 * len(words) + 1.5),
@@ -323,10 +357,16 @@ def threshold_explorer(normalized: np.ndarray, words: Sequence[str], sigma: floa
         ax1.barh(range(len(words)), sizes, color=_COLORS[0])
         ax1.set_xlabel("patches kept")
         fig.tight_layout()
-        plt.show()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        return buf.getvalue()
 
-    return widgets.interactive(draw, s=widgets.FloatSlider(value=float(sigma), min=0.0, max=1.0, step=0.01,
-                                                           description="σ_tg"))
+    slider = widgets.FloatSlider(value=float(sigma), min=0.0, max=1.0, step=0.01, description="σ_tg",
+                                 continuous_update=False)
+    image = widgets.Image(value=render(float(sigma)), format="png")
+    slider.observe(lambda change: setattr(image, "value", render(float(change["new"]))), names="value")
+    return widgets.VBox([slider, image])
 
 
 # --- S2D-ALIGN: where the memory queries look -----------------------------------------------

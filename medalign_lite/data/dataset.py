@@ -13,6 +13,7 @@ study of the batch has it; when only some studies have it, the missing ones are 
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -211,8 +212,21 @@ class ManifestDataset(Dataset):
         if self._items is not None:
             if i not in self._items:
                 self._items[i] = self._load(i)
-            return dict(self._items[i])
+            return {**self._items[i], "text": self.texts[i]}  # the text is this dataset's own (see with_text)
         return self._load(i)
+
+    def with_text(self, text_columns: Sequence[str]) -> ManifestDataset:
+        """The same studies, images and item cache, reading the report from ``text_columns``
+        instead (e.g. the same phantoms with free-text and with structured reports: one
+        in-memory copy of the images for both)."""
+        missing = [c for c in text_columns if c not in self.df.columns]
+        if missing:
+            raise ValueError(f"text column(s) {missing} not in the manifest (columns: {list(self.df.columns)})")
+        other = copy.copy(self)
+        other.text_columns = tuple(text_columns)
+        other.texts = [" ".join(t for t in (str(row[c]).strip() for c in other.text_columns) if t)
+                       for _, row in self.df[list(other.text_columns)].iterrows()]
+        return other
 
     def _load(self, i: int) -> dict:
         row = self.df.iloc[i]

@@ -31,7 +31,7 @@ through its own head, so that its CAM needs no gradient; the two heads' losses w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ from ..utils import module_device, quiet_progress
 from .contrastive import AlignmentRecipe, finding_phrases, score_grounding
 from .generation import encode_dataset
 
-__all__ = ["MAPPED_KINDS", "UNCERTAIN", "LabelCeiling", "build_ceiling", "ceiling_auroc", "ceiling_grounding", "ceiling_retrieval",
+__all__ = ["MAPPED_KINDS", "UNCERTAIN", "LabelCeiling", "SupervisedCeiling", "build_ceiling", "ceiling_auroc", "ceiling_grounding", "ceiling_retrieval",
            "label_targets", "train_ceiling"]
 
 UNCERTAIN = ("ignore", "zero", "one")
@@ -127,19 +127,32 @@ def build_ceiling(recipe: AlignmentRecipe, uncertain: str = "ignore") -> LabelCe
     return LabelCeiling(vision, uncertain=uncertain)
 
 
-def train_ceiling(model: LabelCeiling, manifest: str | Path, recipe: AlignmentRecipe, output_dir: str | Path,
-                  dataset: ManifestDataset | None = None, resume: bool = False) -> TrainResult:
+@dataclass(frozen=True)
+class SupervisedCeiling:
+    """The ceiling of ``recipe`` as one more job of a grid of runs
+    (:func:`~medalign_lite.experiments.variants.run_variants` trains it like a method's recipe,
+    in the same worker pool: :func:`build_ceiling`, :func:`train_ceiling`, scored by
+    :func:`ceiling_retrieval`)."""
+
+    recipe: AlignmentRecipe
+    uncertain: str = "ignore"
+
+
+def train_ceiling(model: LabelCeiling, manifest, recipe: AlignmentRecipe, output_dir: str | Path,
+                  dataset: ManifestDataset | None = None, resume: bool = False, eval_fn=None,
+                  eval_every: int = 0) -> TrainResult:
     """Train ``model`` on the manifest's train split with the recipe's budget (batch size, epochs,
     ``max_steps``, lr, warm-up, seed, device; every weight trains), as
-    :func:`~medalign_lite.experiments.contrastive.train_alignment` trains the method."""
+    :func:`~medalign_lite.experiments.contrastive.train_alignment` trains the method (``eval_fn``
+    every ``eval_every`` steps: a learning curve)."""
     ds = dataset if dataset is not None else ManifestDataset(
         manifest, split="train", text_columns=recipe.text_columns, image_size=recipe.image_size,
         train=recipe.augment, cache=not recipe.augment)
     cfg = TrainConfig(output_dir=str(output_dir), batch_size=recipe.batch_size, seed=recipe.seed,
-                      device=recipe.device, log_every=5, drop_last=True,
+                      device=recipe.device, log_every=5, drop_last=True, eval_every=eval_every,
                       stages=[Stage(name="ceiling", epochs=recipe.epochs, lr=recipe.lr, trainable=["*"],
                                     warmup_ratio=recipe.warmup_ratio, max_steps=recipe.max_steps)])
-    return Trainer(model, ds, cfg, collate_fn=Collate()).fit(resume=resume)
+    return Trainer(model, ds, cfg, collate_fn=Collate(), eval_fn=eval_fn).fit(resume=resume)
 
 
 @torch.no_grad()

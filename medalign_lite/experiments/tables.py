@@ -28,15 +28,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
-def retrieval_table(systems: Mapping[str, Sequence[Mapping[str, float]]], ceiling: Mapping[str, float] | None = None,
+def retrieval_table(systems: Mapping[str, Sequence[Mapping[str, float]]],
+                    ceiling: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
                     keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10", "t2i_P@5"), ref: str = "i2t_P@5"):
     """One row per system: ``<key> mean`` and ``<key> std`` over its seeds (the columns of
     :func:`~medalign_lite.experiments.variants.summary_table`, so :func:`~medalign_lite.viz.
     ablation_bars` draws it; ``systems``: name → one retrieval dict per seed, e.g.
     ``RunResult.retrieval``; the floor is one more system), ``seeds``, and ``<ref> / ceiling``:
     the mean ``ref`` over the ceiling's image→image P@K of the same K (``ceiling``:
-    :func:`~medalign_lite.experiments.ceiling.ceiling_retrieval`). The ceiling is the last row,
-    its image→image P@K under the image→text columns."""
+    :func:`~medalign_lite.experiments.ceiling.ceiling_retrieval`, or one per seed: their mean,
+    with its std). The ceiling is the last row, its image→image P@K under the image→text columns."""
     import pandas as pd
 
     rows = {}
@@ -47,13 +48,16 @@ def retrieval_table(systems: Mapping[str, Sequence[Mapping[str, float]]], ceilin
         row["seeds"] = len(runs)
         rows[name] = row
     if ceiling:
-        k_ref = ref.split("@")[-1]
-        base = ceiling.get(f"i2i_P@{k_ref}", np.nan)
-        for row in rows.values():
-            row[f"{ref} / ceiling"] = row[f"{ref} mean"] / base if base else float("nan")
-        rows["supervised ceiling (image→image)"] = {
-            **{f"{k} mean": ceiling.get(f"i2i_P@{k.split('@')[-1]}", np.nan) for k in keys if k.startswith("i2t")},
-            "seeds": 1, f"{ref} / ceiling": 1.0}
+        runs = [ceiling] if isinstance(ceiling, Mapping) else list(ceiling)
+        row = {"seeds": len(runs)}
+        for k in keys:
+            if k.startswith("i2t"):
+                row[f"{k} mean"], row[f"{k} std"] = _mean_std([r.get(f"i2i_P@{k.split('@')[-1]}", np.nan) for r in runs])
+        base = row.get(f"{ref} mean", np.nan)
+        for other in rows.values():
+            other[f"{ref} / ceiling"] = other[f"{ref} mean"] / base if base else float("nan")
+        row[f"{ref} / ceiling"] = 1.0
+        rows["supervised ceiling (image→image)"] = row
     return pd.DataFrame(rows).T
 
 

@@ -142,8 +142,12 @@ class RetrievalCurve:
         self.gallery, self.ks, self.label_column = gallery, tuple(ks), label_column
 
     def __call__(self, model: nn.Module) -> dict:
+        from .ceiling import LabelCeiling, ceiling_retrieval
         from .contrastive import retrieval_eval
 
+        if isinstance(model, LabelCeiling):  # the supervised ceiling: image→image, ``val_i2i_P@K``
+            s = ceiling_retrieval(model, self.gallery, ks=self.ks, label_column=self.label_column)
+            return {f"val_{k}": float(v) for k, v in s.items()}
         s = retrieval_eval(model, None, 0, ks=self.ks, label_column=self.label_column, dataset=self.gallery)
         return {f"val_{d}_P@{k}": float(s[f"{d}_P@{k}"]) for d in ("i2t", "t2i") for k in self.ks}
 
@@ -173,7 +177,7 @@ class _Grid:
     manifest: object
     gallery_manifest: object
     output_dir: Path
-    train_dataset: ManifestDataset | None
+    train_dataset: ManifestDataset | dict | None
     gallery_dataset: ManifestDataset | None
     keep: set
     ks: tuple
@@ -187,17 +191,30 @@ def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
                            on_result: Callable[[RunResult], None] | None = None) -> list[tuple[RunResult, dict | None]]:
     """Train and score the (seed, variant) ``jobs`` one after the other → [(result, the kept
     model's state dict when ``return_state``, else None)]."""
+    from .ceiling import SupervisedCeiling, build_ceiling, ceiling_retrieval, train_ceiling
     from .contrastive import build_model, retrieval_eval, train_alignment
 
     out = []
     for seed, name in jobs:
-        r = replace(grid.variants[name], seed=seed)
+        job = grid.variants[name]
+        ceiling = isinstance(job, SupervisedCeiling)
+        r = replace(job.recipe if ceiling else job, seed=seed)
         t0 = time.perf_counter()
-        text = shared_text_encoder(r.text, grid.text_encoders) if r.cache_text else None
-        model = build_model(r, text_encoder=text)
-        res = train_alignment(model, grid.manifest, r, Path(grid.output_dir) / f"{name}_s{seed}",
-                              dataset=grid.train_dataset, eval_fn=grid.curve, eval_every=grid.eval_every)
-        scores = retrieval_eval(model, grid.gallery_manifest, r.image_size, ks=grid.ks, dataset=grid.gallery_dataset)
+        train = grid.train_dataset.get(name) if isinstance(grid.train_dataset, dict) else grid.train_dataset
+        run_dir = Path(grid.output_dir) / f"{name}_s{seed}"
+        if ceiling:
+            model = build_ceiling(r, job.uncertain)
+            res = train_ceiling(model, grid.manifest, r, run_dir, dataset=train, eval_fn=grid.curve,
+                                eval_every=grid.eval_every)
+            gallery = grid.gallery_dataset or ManifestDataset(grid.gallery_manifest, split=None, image_size=r.image_size)
+            scores = ceiling_retrieval(model.eval(), gallery, ks=grid.ks)
+        else:
+            text = shared_text_encoder(r.text, grid.text_encoders) if r.cache_text else None
+            model = build_model(r, text_encoder=text)
+            res = train_alignment(model, grid.manifest, r, run_dir, dataset=train, eval_fn=grid.curve,
+                                  eval_every=grid.eval_every)
+            scores = retrieval_eval(model, grid.gallery_manifest, r.image_size, ks=grid.ks,
+                                    dataset=grid.gallery_dataset)
         keep = seed in grid.keep
         state = None
         if keep and grid.return_state:  # the shared frozen text encoder stays behind
@@ -213,7 +230,7 @@ def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
 
 
 def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifest: str | Path,
-                 output_dir: str | Path, train_dataset: ManifestDataset | None = None,
+                 output_dir: str | Path, train_dataset: ManifestDataset | dict | None = None,
                  gallery_dataset: ManifestDataset | None = None, keep_models: Sequence[int] | None = None,
                  on_result: Callable[[RunResult], None] | None = None, ks: Sequence[int] = (1, 5, 10),
                  text_encoders: dict[str, nn.Module] | None = None, workers: int = 1, threads: int | None = None,
@@ -221,11 +238,16 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifes
     """Train every variant once per seed and score it on the gallery.
 
     ``variants`` maps a name to an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`
-    (its ``seed`` is replaced by each of ``seeds``); ``manifest`` is the training manifest (or
+    (its ``seed`` is replaced by each of ``seeds``), or to a
+    :class:`~medalign_lite.experiments.ceiling.SupervisedCeiling` (the same encoder trained on the
+    labels, in the same pool; its ``retrieval`` holds image→image ``i2i_P@K``, its curve
+    ``val_i2i_P@K``); ``manifest`` is the training manifest (or
     the list :func:`~medalign_lite.experiments.contrastive.training_manifests` gives). Models of
     the seeds in ``keep_models`` (default: the first of ``seeds``) are returned for plotting; the
     others are dropped after scoring to keep memory flat. Runs write under
     ``output_dir/<name>_s<seed>``. Results come seed by seed, variants in their given order.
+    ``train_dataset``: the training set every variant reads (e.g. in memory), or a dict giving
+    some variants their own (another report style); a variant without one reads ``manifest``.
 
     **Shared text encoder.** Recipes with ``cache_text`` and the same text config share one frozen
     text encoder per process, so each report is encoded once for the whole grid
@@ -267,10 +289,14 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifes
     out = []
     for result, state in sorted(pairs, key=lambda p: order[(p[0].seed, p[0].name)]):
         if state is not None:  # rebuilt here around this process's shared text encoder
+            from .ceiling import SupervisedCeiling, build_ceiling
             from .contrastive import build_model
 
-            r = result.recipe
-            model = build_model(r, text_encoder=shared_text_encoder(r.text, text_encoders) if r.cache_text else None)
+            r, job = result.recipe, variants[result.name]
+            if isinstance(job, SupervisedCeiling):
+                model = build_ceiling(r, job.uncertain)
+            else:
+                model = build_model(r, text_encoder=shared_text_encoder(r.text, text_encoders) if r.cache_text else None)
             missing, unexpected = model.load_state_dict(state, strict=False)
             if unexpected or any(not k.startswith("text_encoder.") for k in missing):
                 raise RuntimeError(f"{result.name} seed {result.seed}: the worker's weights do not fit the rebuilt "

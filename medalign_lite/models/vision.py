@@ -46,7 +46,6 @@ from .loading import (
     resolve_pretrained,
 )
 
-
 PRECISIONS = ("fp32", "bf16", "auto")
 
 

@@ -113,26 +113,32 @@ def test_run_variants_in_workers_equals_one_process_and_logs_a_learning_curve(ma
     write_manifest(load_manifest(manifest).assign(**{"class": ["Edema", "Atelectasis"] * 3}), gallery)
     gal = ManifestDataset(gallery, split=None, image_size=32, cache=True)
     train = ManifestDataset(manifest, split="train", image_size=32, cache=True)
-    variants = {"full": _recipe(cache_text=True, augment=False, epochs=2, max_steps=3),
-                "no_bcga": _recipe(cache_text=True, augment=False, epochs=2, max_steps=3,
-                                   method_options={"use_bcga": False})}
-    kw = dict(seeds=[0, 1], manifest=manifest, gallery_manifest=gallery, train_dataset=train, gallery_dataset=gal,
-              ks=(1, 2), threads=1, curve=RetrievalCurve(gal, ks=(1,)), eval_every=2)
+    from medalign_lite.experiments.ceiling import LabelCeiling, SupervisedCeiling
+
+    full = _recipe(cache_text=True, augment=False, epochs=2, max_steps=3)
+    variants = {"full": full, "no_bcga": _recipe(cache_text=True, augment=False, epochs=2, max_steps=3,
+                                                 method_options={"use_bcga": False}),
+                "ceiling": SupervisedCeiling(full)}
+    kw = {"seeds": [0, 1], "manifest": manifest, "gallery_manifest": gallery, "train_dataset": train,
+          "gallery_dataset": gal, "ks": (1, 2), "threads": 1, "curve": RetrievalCurve(gal, ks=(1,)), "eval_every": 2}
     one = run_variants(variants, output_dir=tmp_path / "one", workers=1, **kw)
     seen = []
     two = run_variants(variants, output_dir=tmp_path / "two", workers=2, on_result=lambda r: seen.append(r.name), **kw)
-    assert [(r.name, r.seed) for r in two] == [("full", 0), ("no_bcga", 0), ("full", 1), ("no_bcga", 1)]
-    assert sorted(seen) == ["full", "full", "no_bcga", "no_bcga"]
+    assert [(r.name, r.seed) for r in two] == [(n, s) for s in (0, 1) for n in ("full", "no_bcga", "ceiling")]
+    assert sorted(seen) == ["ceiling", "ceiling", "full", "full", "no_bcga", "no_bcga"]
     for a, b in zip(one, two):
         losses = [[h["loss"] for h in r.history if "loss" in h] for r in (a, b)]
-        assert a.retrieval["i2t_P@1"] == b.retrieval["i2t_P@1"] and losses[0] == losses[1] and losses[0]
-        assert a.curve("val_i2t_P@1") == b.curve("val_i2t_P@1")
-        assert a.curve("val_i2t_P@1")[0] == [2, 3]  # every 2 steps, and at the end of the 3
-    for a, b in zip(one[:2], two[:2]):  # the first seed's models are kept
+        key = "i2i_P@1" if a.name == "ceiling" else "i2t_P@1"  # the ceiling: image→image
+        assert a.retrieval[key] == b.retrieval[key] and losses[0] == losses[1] and losses[0]
+        assert a.curve(f"val_{key}") == b.curve(f"val_{key}")
+        assert a.curve(f"val_{key}")[0] == [2, 3]  # every 2 steps, and at the end of the 3
+    for a, b in zip(one[:3], two[:3]):  # the first seed's models are kept
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-        assert b.model.text_encoder is shared_text_encoder(b.recipe.text)
-    assert one[2].model is None and two[2].model is None
+        if b.name != "ceiling":
+            assert b.model.text_encoder is shared_text_encoder(b.recipe.text)
+    assert isinstance(two[2].model, LabelCeiling)
+    assert all(r.model is None for r in one[3:] + two[3:])
 
 
 def test_recipe_from_config_reads_every_section_and_checks_keys():
@@ -143,7 +149,8 @@ def test_recipe_from_config_reads_every_section_and_checks_keys():
                                         "data.text_columns=[written_findings]"], seed=3)
     assert (r.method, r.image_size, r.vision.image_size, r.lr, r.seed) == ("aga", 64, 64, 0.01, 3)
     assert r.method_options == {"use_bcga": False} and r.text_columns == ("written_findings",)
-    assert r.cache_text and not r.augment and r.trainable is None and r.max_steps == 60
+    assert r.cache_text and not r.augment and r.trainable is None and r.max_steps == 800
+    assert r.extra_studies == 4000 and r.vision.precision == "auto"
     assert "head.*" not in recipe_trainable(r)  # BCGA off: its attention has nothing to train
     c = recipe_from_config("convirt_tiny")
     assert c.method == "convirt" and c.trainable == ["image_encoder.*", "img_*", "txt_*"]

@@ -18,6 +18,10 @@ def test_retrieval_table_means_stds_and_the_share_of_the_ceiling():
     assert math.isnan(t.loc["untrained", "i2t_P@5 std"]) and math.isnan(t.loc["gloria", "i2t_P@1 mean"])
     assert t.loc["supervised ceiling (image→image)", "i2t_P@5 mean"] == 0.8
     assert t.loc["supervised ceiling (image→image)", "i2t_P@1 mean"] == 0.9
+    seeds = retrieval_table(systems, ceiling=[{"i2i_P@5": 0.8}, {"i2i_P@5": 0.6}], keys=("i2t_P@5",))
+    row = seeds.loc["supervised ceiling (image→image)"]
+    assert row["i2t_P@5 mean"] == pytest.approx(0.7) and row["seeds"] == 2 and row["i2t_P@5 std"] > 0
+    assert seeds.loc["gloria", "i2t_P@5 / ceiling"] == pytest.approx(0.6 / 0.7)
 
 
 def test_grounding_table_groups_and_ratios_to_ceiling_and_floor():
