@@ -173,3 +173,17 @@ def test_item_cache_returns_the_same_items_and_refuses_random_transforms(iu, mon
     state = torch.get_rng_state()
     plain[0]
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_with_text_reads_another_report_style_and_shares_the_image_cache(iu, monkeypatch):
+    written = ManifestDataset(iu, split=None, text_columns=("written_findings",), image_size=48, cache=True)
+    first = written[2]
+    structured = written.with_text(("structured_findings",))
+    monkeypatch.setattr(written, "_load", lambda i: pytest.fail("the shared cache must serve the item"))
+    monkeypatch.setattr(structured, "_load", lambda i: pytest.fail("the shared cache must serve the item"))
+    item = structured[2]
+    assert item["text"] == structured.df.iloc[2]["structured_findings"] != first["text"]
+    assert written[2]["text"] == first["text"] == written.df.iloc[2]["written_findings"]
+    assert torch.equal(item["frontal"], first["frontal"])
+    with pytest.raises(ValueError, match="not in the manifest"):
+        written.with_text(("no_such_column",))

@@ -458,7 +458,8 @@ def test_registered_and_configs_load():
     tiny = {s: load_config(c, "aga_tiny", section=s) for s, c in
             (("model", AGAConfig), ("vision", VisionConfig), ("text", TextConfig), ("train", TrainConfig))}
     assert tiny["model"].embed_dim == 128 and tiny["vision"].name == "tiny_cnn" and tiny["text"].name == "minilm"
-    assert tiny["train"].stages[0].max_steps == 60  # trainable: not written, default_trainable decides
+    assert tiny["train"].stages[0].max_steps >= 1 and tiny["vision"].image_size == 96
+    assert tiny["train"].stages[0].trainable == ["*"]  # not written in the file: default_trainable decides
     full = {s: load_config(c, "aga_full", section=s) for s, c in
             (("model", AGAConfig), ("vision", VisionConfig), ("text", TextConfig), ("train", TrainConfig))}
     assert (full["model"].embed_dim, full["model"].tau2, full["model"].tau3) == (128, 0.3, 0.1)
