@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The main job: S2D-ALIGN's curriculum, its ablations and baselines on IU-Phantom (built on first
-# use), about 15 minutes on 2 CPU cores. Outputs: the executed notebook, figures, metrics.json.
+# use), about 10 minutes on 2 CPU cores. Outputs: the executed notebook, figures, metrics.json.
 demo: $(STAMP)
 	@mkdir -p outputs
 	$(BIN)/papermill notebooks/05_s2d_full.ipynb outputs/05_s2d_full.ipynb \
