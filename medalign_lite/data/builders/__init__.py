@@ -16,6 +16,11 @@ BUILDERS: dict[str, str] = {
     "chexpert-5x200": "chexpert",
     "iu-xray": "iu_xray",
     "rsna": "rsna",
+    "phantom-vqa": "phantom_vqa",
+    "vqa-rad": "vqa_rad",
+    "slake": "slake",
+    "pathvqa": "pathvqa",
+    "llava-med-instruct": "llava_med",
 }
 
 
