@@ -24,15 +24,16 @@ list, with no model in the loop:
   caption (LLaVA-Med's alignment stage: figure captions).
 
 Answers use the writer's canonical words (``describe``), the CheXpert-style finding names of
-:data:`QA_NAMES`, and mild / moderate / severe for severity. Everything is a pure function of
-(findings, seed).
+:data:`QA_NAMES`, and mild / moderate / severe for severity; a "yes" answer never carries the
+word "no" (LLaVA-Med's closed-question rule looks for the true answer as a substring). Everything
+is a pure function of (findings, seed).
 """
 from __future__ import annotations
 
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .findings import CATALOGUE, Finding, findings_from_json
@@ -46,6 +47,7 @@ __all__ = [
     "caption_conversation",
     "conversation_from_json",
     "conversation_to_json",
+    "prevalence",
     "study_conversation",
     "vqa_questions",
 ]
@@ -149,7 +151,8 @@ def _describe_all(findings: Sequence[Finding]) -> str:
     return "; ".join(describe(f) for f in findings) if findings else _NORMAL
 
 
-def _turn(kind: str, findings: Sequence[Finding], rng: random.Random, writer: _Writer) -> Turn | None:
+def _turn(kind: str, findings: Sequence[Finding], rng: random.Random, writer: _Writer,
+          absent_weights: Mapping[str, float] | None = None) -> Turn | None:
     """One turn of ``kind`` about the study, or None when the study has nothing to ask it about."""
     from .reports import describe, finding_phrase
 
@@ -159,17 +162,20 @@ def _turn(kind: str, findings: Sequence[Finding], rng: random.Random, writer: _W
         return Turn(kind, rng.choice(DESCRIBE_QUESTIONS), short, f"{short} {writer.full()}", short.rstrip("."), "OPEN")
     if kind == "normal":
         yes = not findings
-        short = f"yes, {_NORMAL}." if yes else f"no, there is {_describe_all(findings)}."
+        short = "yes, the study is normal." if yes else f"no, there is {_describe_all(findings)}."
         return Turn(kind, "is this chest x-ray normal?", short, f"{short} {writer.report.impression}",
                     "yes" if yes else "no", "CLOSED")
     if kind == "abnormality":
         key = " and ".join(dict.fromkeys(_name(f.kind) for f in findings)) if findings else "none"
-        short = f"{key}." if findings else f"none, {_NORMAL}."
+        short = f"{key}." if findings else "none."
         return Turn(kind, "what abnormality is seen?", short, f"{short} {writer.report.impression}", key, "OPEN")
     if kind == "absence":
         present = {f.kind for f in findings}
-        options = [k for k in ABSENT_CANDIDATES if k not in present]
-        k = rng.choice(options)
+        if absent_weights:
+            options = [k for k in absent_weights if k not in present and absent_weights[k] > 0]
+            k = rng.choices(options, weights=[absent_weights[o] for o in options])[0]
+        else:
+            k = rng.choice([k for k in ABSENT_CANDIDATES if k not in present])
         short = f"no, there is no {_name(k)}."
         context = " ".join(writer.plain[:2])
         return Turn(kind, f"is there {QA_NAMES[k]}?", short, f"{short} {context}".strip(), "no", "CLOSED")
@@ -206,10 +212,16 @@ def _turn(kind: str, findings: Sequence[Finding], rng: random.Random, writer: _W
 
 
 def study_conversation(findings: Sequence[Finding], seed: int, turns: int = 4,
-                       kinds: Sequence[str] = QUESTION_KINDS) -> list[Turn]:
+                       kinds: Sequence[str] = QUESTION_KINDS,
+                       absent_weights: Mapping[str, float] | None = None) -> list[Turn]:
     """An instruction-following conversation about one study: ``turns`` turns of distinct
     kinds drawn (seeded) from ``kinds`` among those the study can answer (a study without
-    findings gets no side / zone / severity / presence questions)."""
+    findings gets no side / zone / severity / presence questions).
+
+    ``absent_weights`` (kind → weight): an absence question asks about a kind the study lacks
+    drawn with these weights — :func:`prevalence` of a dataset makes each kind asked about as
+    often when absent as when present, so that "is there X?" cannot be answered from X alone
+    (None: uniformly from :data:`ABSENT_CANDIDATES`)."""
     bad = [k for k in kinds if k not in QUESTION_KINDS]
     if bad or turns < 1:
         raise ValueError(f"turns must be >= 1 and kinds from {QUESTION_KINDS}; got {turns}, {bad}")
@@ -219,7 +231,7 @@ def study_conversation(findings: Sequence[Finding], seed: int, turns: int = 4,
     rng.shuffle(order)
     out = []
     for kind in order:
-        t = _turn(kind, findings, rng, writer)
+        t = _turn(kind, findings, rng, writer, absent_weights)
         if t is not None:
             out.append(t)
         if len(out) == turns:
@@ -227,14 +239,25 @@ def study_conversation(findings: Sequence[Finding], seed: int, turns: int = 4,
     return out
 
 
-def vqa_questions(findings: Sequence[Finding], seed: int) -> list[Turn]:
+def vqa_questions(findings: Sequence[Finding], seed: int, absent_weights: Mapping[str, float] | None = None
+                  ) -> list[Turn]:
     """Phantom-VQA's questions for one study, with known answers: closed — presence of one of
-    its findings (yes; when it has one), absence of a kind it lacks (no), "is this normal";
-    open — side and severity of one finding (when it has one), "what abnormality"."""
+    its findings (yes; when it has one), absence of a kind it lacks (no; drawn with
+    ``absent_weights``, see :func:`study_conversation`), "is this normal"; open — side and
+    severity of one finding (when it has one), "what abnormality"."""
     rng = random.Random(seed)
     writer = _Writer(findings, seed + 7919)
     kinds = ("presence", "absence", "normal", "side", "severity", "abnormality")
-    return [t for t in (_turn(k, findings, rng, writer) for k in kinds) if t is not None]
+    return [t for t in (_turn(k, findings, rng, writer, absent_weights) for k in kinds) if t is not None]
+
+
+def prevalence(studies: Sequence[Sequence[Finding]]) -> dict[str, float]:
+    """Studies with each kind of :data:`QA_NAMES` among ``studies``, divided by the studies
+    lacking it (the odds a study has it): absence questions drawn with these weights ask about
+    each kind about as often as presence questions do. Every kind gets at least a small weight."""
+    n = max(1, len(studies))
+    has = {k: sum(any(f.kind == k for f in fs) for fs in studies) for k in QA_NAMES}
+    return {k: max(c, 0.5) / max(n - c, 1) for k, c in has.items()}
 
 
 def caption_conversation(caption: str, seed: int) -> list[tuple[str, str]]:

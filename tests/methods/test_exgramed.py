@@ -290,7 +290,7 @@ def test_aligner_edge_batch_sizes_and_gradients_to_all_modalities_and_the_gnn(so
     torch.testing.assert_close(out.accuracy, out.matchings.diagonal(dim1=-2, dim2=-1).mean())
     torch.testing.assert_close(out.nodes[-1], z.detach().mean(0))
     if b == 1:
-        assert float(out.loss) == 0
+        assert float(out.loss.detach()) == 0
         return
     out.loss.backward()
     if b == 8:  # a random batch is far from the identity: every modality and the GNN get gradient
@@ -500,3 +500,20 @@ def test_packaged_configs_load_and_the_method_is_registered():
     assert "clip" in vision.name.lower() and vision.image_size == 224
     llm = load_config(LLMConfig, "exgramed_full", section="llm")
     assert llm.torch_dtype == "bfloat16" and llm.gradient_checkpointing
+
+
+def test_bench_exgramed_small_and_cli(capsys):
+    """Structure of `medalign bench exgramed` (tiny shapes only; the targets are read off one
+    run's numbers, never timed in a unit test)."""
+    import json
+
+    from medalign_lite.bench import bench_exgramed
+    from medalign_lite.cli import main
+
+    res = bench_exgramed(repeats=1, batch_sizes=(8,), paper=False)
+    assert {"aligner_share", "text_pass_share", "solver_ms"} <= set(res)
+    assert res["aligner_share"] > 0 and res["text_pass_share"] > 0 and set(res["solver_ms"]) == {"lap", "ipfp"}
+    assert res["solver_ms"]["lap"][8] > 0 and res["tiny"]["seconds"]["full"] > res["tiny"]["seconds"]["lm"] * 0.5
+    assert main(["bench", "exgramed", "--no-paper", "--repeats", "1", "--batch-sizes", "8", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["name"] == "exgramed"

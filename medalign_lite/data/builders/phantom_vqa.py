@@ -40,7 +40,7 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
           progress: bool = True, workers: int | None = None) -> Path:
     """Build ``out_dir/manifest.csv`` (``root`` is unused: the reports ship inside
     torchxrayvision). ``limit`` keeps the first N test-split reports by report id."""
-    from ..instructions import vqa_questions
+    from ..instructions import prevalence, vqa_questions
     from ..iu_xray import load_iu_reports
     from ..reports import write_report
 
@@ -52,6 +52,7 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
     has_text = (reports["findings"].str.strip() != "") | (reports["impression"].str.strip() != "")
     reports = reports[has_text].sort_values("report_id").reset_index(drop=True)
     splits = split_patients(reports["uid"], seed=seed)  # iu-phantom's split, same seed
+    weights = prevalence([map_codes(list(m))[0] for m in reports["mesh"]])  # absence questions as frequent as presence
     reports = reports[reports["uid"].map(splits) == "test"].reset_index(drop=True)
     if limit:
         reports = reports.iloc[: int(limit)]
@@ -65,7 +66,7 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
         frontal, mask = cache / f"{sid}_frontal.png", cache / f"{sid}_masks.png"
         jobs.append(RenderJob(str(frontal), pseed, tuple(findings), view, size, 0, str(mask)))
         written = write_report(findings, style="free", seed=pseed)
-        qs = vqa_questions(findings, int(np.random.SeedSequence([pseed, 9]).generate_state(1)[0]))
+        qs = vqa_questions(findings, int(np.random.SeedSequence([pseed, 9]).generate_state(1)[0]), weights)
         n_q += len(qs)
         qa = [{"question": t.question, "answer": t.key, "answer_type": t.answer_type, "qid": f"{sid}-{k}",
                "kind": t.kind} for k, t in enumerate(qs)]
