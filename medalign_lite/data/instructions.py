@@ -24,8 +24,9 @@ list, with no model in the loop:
   caption (LLaVA-Med's alignment stage: figure captions).
 
 Answers use the writer's canonical words (``describe``), the CheXpert-style finding names of
-:data:`QA_NAMES`, and mild / moderate / severe for severity; a "yes" answer never carries the
-word "no" (LLaVA-Med's closed-question rule looks for the true answer as a substring). Everything
+:data:`QA_NAMES`, and mild / moderate / severe for severity; a "yes" answer avoids the letters
+"no" where it can ("unremarkable", not "normal": LLaVA-Med's closed-question rule looks for the
+true answer as a substring, and "no" is inside "normal"; it is still inside "nodule"). Everything
 is a pure function of (findings, seed).
 """
 from __future__ import annotations
@@ -162,7 +163,7 @@ def _turn(kind: str, findings: Sequence[Finding], rng: random.Random, writer: _W
         return Turn(kind, rng.choice(DESCRIBE_QUESTIONS), short, f"{short} {writer.full()}", short.rstrip("."), "OPEN")
     if kind == "normal":
         yes = not findings
-        short = "yes, the study is normal." if yes else f"no, there is {_describe_all(findings)}."
+        short = "yes, the study is unremarkable." if yes else f"no, there is {_describe_all(findings)}."
         return Turn(kind, "is this chest x-ray normal?", short, f"{short} {writer.report.impression}",
                     "yes" if yes else "no", "CLOSED")
     if kind == "abnormality":

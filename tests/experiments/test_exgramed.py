@@ -19,9 +19,9 @@ from medalign_lite.experiments.exgramed import (
     imle_gradient_check,
     load_exgramed_experiment,
     load_instruction_data,
-    majority_answers,
     solver_noise_curve,
 )
+from medalign_lite.experiments.exgramed_runs import majority_answers
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_a_two_variant_run_end_to_end(iu, tmp_path):
     """Smoke size: stage 1 once, ExGra-Med and the α = 0 baseline at 10 %, VQA scored for both and
     the floors, the claims rule on the pair, metrics flat. (The smoke stand-ins are cached where
     the notebooks' smoke runs cache theirs.)"""
-    from medalign_lite.experiments.exgramed import exgramed_claims, run_exgramed
+    from medalign_lite.experiments.exgramed_runs import exgramed_claims, run_exgramed
 
     vqa = get_builder("phantom-vqa")(tmp_path / "pvqa", size=48, limit=6, seed=0, progress=False, workers=1)
     exp = load_exgramed_experiment("exgramed_tiny", [*SMOKE_OVERRIDES, "vision.image_size=48"])
@@ -128,3 +128,7 @@ def test_a_two_variant_run_end_to_end(iu, tmp_path):
     assert [c.name for c in claims] == ["ExGra-Med 10 % > baseline 10 %"]
     m = res.metrics()
     assert "vqa/exgramed@10/closed_accuracy_mean" in m and "vqa/majority/closed_accuracy" in m
+    from medalign_lite.experiments.exgramed_runs import baseline_claims
+
+    strict = baseline_claims(res, "exgramed@10", strict=True)
+    assert [c.b for c in strict] == ["majority_strict", "probe_strict", "llava_med@10_strict"]

@@ -517,3 +517,15 @@ def test_bench_exgramed_small_and_cli(capsys):
     assert main(["bench", "exgramed", "--no-paper", "--repeats", "1", "--batch-sizes", "8", "--json"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["name"] == "exgramed"
+
+
+def test_full_fine_tuning_without_lora(tok_dir):
+    """``lora: false`` (the paper's full fine-tuning): the LM is used as it is, every weight trains."""
+    from peft import PeftModel
+
+    m = make_model(tok_dir, lora=False)
+    assert not isinstance(m.lm, PeftModel) and not any("lora_" in n for n, _ in m.named_parameters())
+    out = m(make_batch(m))
+    out["loss"].backward()
+    assert m.lm.get_input_embeddings().weight.grad is not None and float(out["align_loss"]) >= 0
+    assert len(m.generate(make_batch(m).images[:2], ["which side?", "how severe?"], max_new_tokens=3)) == 2

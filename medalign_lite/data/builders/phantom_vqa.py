@@ -1,8 +1,9 @@
 """Phantom-VQA: a patient-disjoint evaluation set of closed and open questions whose answers
 are known from the rendered findings (ExGra-Med's VQA evaluation, offline).
 
-For every IU X-Ray report of IU-Phantom's **test** split (the same seeded patient-disjoint
-split as ``iu-phantom`` with the same ``seed``), a **new phantom patient** is rendered with
+For every IU X-Ray report of IU-Phantom's **test** split (the seeded patient-disjoint split of
+a full ``iu-phantom`` build with the same ``seed``; a build with ``--limit`` splits its own
+subset), a **new phantom patient** is rendered with
 that report's findings: patient seeds come from a range disjoint from IU-Phantom's and from
 Phantom-5x200's (``patient_seed(seed, 20_000_000 + report_id)``), so neither the images nor the
 finding combinations were seen in training. Each study has:
@@ -30,7 +31,7 @@ import pandas as pd
 from ..findings import chexpert_labels, findings_to_json
 from ..manifest import format_labels, split_patients, write_manifest
 from .common import RenderJob, patient_seed, relpath, render_cache_dir, run_jobs
-from .iu_phantom import _frontal_view, map_codes
+from .iu_phantom import _frontal_view, map_codes, reports_with_text
 
 NAME = "phantom-vqa"
 PATIENT_OFFSET = 20_000_000
@@ -41,17 +42,14 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
     """Build ``out_dir/manifest.csv`` (``root`` is unused: the reports ship inside
     torchxrayvision). ``limit`` keeps the first N test-split reports by report id."""
     from ..instructions import prevalence, vqa_questions
-    from ..iu_xray import load_iu_reports
     from ..reports import write_report
 
     t0 = time.perf_counter()
     size = int(size or 224)
     out_dir = Path(out_dir)
     cache = render_cache_dir(out_dir, seed, size)
-    reports = load_iu_reports()
-    has_text = (reports["findings"].str.strip() != "") | (reports["impression"].str.strip() != "")
-    reports = reports[has_text].sort_values("report_id").reset_index(drop=True)
-    splits = split_patients(reports["uid"], seed=seed)  # iu-phantom's split, same seed
+    reports, _ = reports_with_text()
+    splits = split_patients(reports["uid"], seed=seed)  # a full iu-phantom build's split, same seed
     weights = prevalence([map_codes(list(m))[0] for m in reports["mesh"]])  # absence questions as frequent as presence
     reports = reports[reports["uid"].map(splits) == "test"].reset_index(drop=True)
     if limit:

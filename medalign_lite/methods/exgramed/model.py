@@ -16,7 +16,7 @@ from torch import nn
 
 from ...models.generation import generate_from_embeds
 from ...models.llm import LLMConfig, apply_lora, causal_lm_loss
-from ...nn import MLPProjector, info_nce, masked_mean
+from ...nn import MLPProjector, freeze, info_nce, masked_mean
 from .. import register_method
 from .aligner import AlignmentOutput, BarycenterGraphAligner
 from .matching import SOLVERS
@@ -133,9 +133,7 @@ class ExGraMed(nn.Module):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad and an eos token")
-        self.vision = vision_encoder
-        self.vision.requires_grad_(False)
-        self.vision.eval()
+        self.vision = freeze(vision_encoder)
         self.lm = lm if isinstance(lm, PeftModel) or not c.lora else apply_lora(lm, llm_config or LLMConfig())
         hidden = int(self.lm.get_input_embeddings().embedding_dim)
         v_dim = int(vision_encoder.patch_dim)
