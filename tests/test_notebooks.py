@@ -26,9 +26,10 @@ UPDATE = os.environ.get("UPDATE_NOTEBOOK_OUTPUTS") == "1"
 #: Values a user is invited to change, other than the defaults (papermill parameters).
 OTHER_PARAMETERS = {
     "00_data_tour": {"seed": 3, "gallery_seed": 2},
-    "01_similarity_matrices": {"seed": 5, "methods": ["gloria"], "train_text": "real"},
-    "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "written", "ablations": ["full", "no_bcga", "gloria"],
-                               "sigma_texts": ["real"], "n_seeds": 1},
+    "01_similarity_matrices": {"seed": 5, "methods": ["gloria"], "train_text": "real", "n_seeds": 1, "workers": 1,
+                               "eval_every": 0},
+    "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "real", "ablations": ["full", "no_bcga", "gloria"],
+                               "sigma_texts": ["structured"], "n_seeds": 1, "workers": 1},
     "03_exgramed_graphs": {"seed": 2, "variants": ["exgramed@10", "alpha0.5@10"], "workers": 1,
                            "overrides": ["model.solver=lap"]},
     "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
@@ -127,24 +128,39 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         assert metrics["demo_validation_problems"] >= 5
         assert 0 < metrics["frac_fully_rendered"] <= 1
     if stem == "01_similarity_matrices":
-        for name in ("random", *params.get("methods", ("convirt", "gloria"))):
+        methods = params.get("methods", ("convirt", "gloria"))
+        n_seeds = min(params.get("n_seeds", 3), 2)
+        assert metrics["seeds"] == [seed + i for i in range(n_seeds)]
+        for name in ("random", *methods):
             assert 0 <= metrics[f"{name}/i2t_P@5"] <= 1
+        for name in methods:  # every seed scored, its learning curve logged (every 2 steps in smoke mode, and the end)
+            assert all(0 <= metrics[f"{name}/seed{s}/i2t_P@5"] <= 1 for s in metrics["seeds"])
+            assert metrics[f"{name}/i2t_P@5_std"] >= 0
+            curve = metrics[f"{name}/curve"][f"seed{seed}"]
+            assert list(curve) == (["2", "3"] if params.get("eval_every", 100) else ["3"])
+        assert metrics["extra_studies"] == 4000 and metrics["n_train"] > 48  # IU-Phantom + IU-Phantom-extra
         assert metrics["gloria/n_phrases"] > 0 and 0 <= metrics["gloria/mask_auroc"] <= 1
+        assert 0 <= metrics["gloria/pointing_patch"] <= 1 and 0 <= metrics["untrained/pointing"] <= 1
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1  # the supervised ceiling beside the methods
         assert 0 < metrics["supervised ceiling/n_phrases"] <= metrics["gloria/n_phrases"]
+        assert metrics["gloria/ceiling_phrases/phrases"] == metrics["supervised ceiling/n_phrases"]
     if stem == "02_aga_gating_iga_bcga":
         n_seeds = min(params.get("n_seeds", 3), 2)
         assert metrics["seeds"] == [seed + i for i in range(n_seeds)]
         for v in params.get("ablations", ("full", "no_bcga", "no_iga", "fixed_thresholds", "global_only", "gloria")):
             assert 0 <= metrics[f"{v}/i2t_P@5_mean"] <= 1 and metrics[f"{v}/i2t_P@5_std"] >= 0
             assert all(f"{v}/seed{s}/i2t_P@5" in metrics for s in metrics["seeds"])
-        text = params.get("train_text", "real")
+        text = params.get("train_text", "written")
         for style in dict.fromkeys([text, *params.get("sigma_texts", ["structured"])]):
             assert 0 < metrics[f"sigma_tg/{style}"] < 1.5 and 0 < metrics[f"sigma_vg/{style}"] < 1.5
+            assert 0 <= metrics[f"s_bar_tg/{style}"] <= 1
         assert metrics["grad_norm/untrained/IGA"] > 0 and metrics["full/pointing_game"] >= 0
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
+        assert metrics["full/curve"][f"seed{seed}"]  # learning curves
         claim = metrics["claim/full>no_bcga/i2t_P@5"]  # the claims rule: verdict and interval
         assert claim["verdict"] in ("holds", "reversed", "undecided") and claim["low"] <= claim["diff"] <= claim["high"]
+        sigma = metrics[f"claim/structured>{text}/S_bar_tg_per_pair"]  # the σ study, the same rule
+        assert sigma["verdict"] in ("holds", "reversed", "undecided") and sigma["seeds"] == n_seeds
     if stem == "03_exgramed_graphs":
         variants = params.get("variants", ["exgramed@10", "exgramed@40", "exgramed@100", "llava_med@10", "llava_med@40",
                                            "llava_med@100", "alpha0.5@10", "alpha0.1@10", "no_extended@10",

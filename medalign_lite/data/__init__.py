@@ -50,14 +50,15 @@ def ensure_dataset(name: str, size: int | None = 224, limit: int | None = None, 
     """Manifest path of dataset ``name``, building it first when needed.
 
     The build goes to ``out`` or ``data_home()/<name>-<size>px[-limit<N>]-seed<seed>``; a
-    ``build.json`` stamp records the arguments and builder version, so an unchanged request
+    ``build.json`` stamp records the arguments and builder version (and the builder's own
+    ``VERSION`` where it declares one), so an unchanged request
     costs one file read. Two processes asking for one dataset at once (two notebooks, a
     notebook and a test run) take turns through :func:`build_lock`: the second waits and
     then finds the first one's build. The stamp is removed before a build and written
     (atomically) after it succeeded, so it never vouches for a manifest it did not see built.
     """
     from ..utils import atomic_write
-    from .builders import get_builder
+    from .builders import builder_version, get_builder
     from .builders.common import BUILDER_VERSION
 
     tag = f"{name}-{size or 'orig'}px" + (f"-limit{limit}" if limit else "") + f"-seed{seed}"
@@ -65,10 +66,13 @@ def ensure_dataset(name: str, size: int | None = 224, limit: int | None = None, 
     stamp = out / "build.json"
     want = {"name": name, "size": size, "limit": limit, "seed": seed,
             "root": str(root) if root else None, "builder_version": BUILDER_VERSION}
+    own = builder_version(name)  # an unknown name fails here, before any folder is made
+    if own is not None:  # only builders that declare one: every other stamp stays valid
+        want["dataset_version"] = own
     manifest = out / "manifest.csv"
     if manifest.is_file() and _stamp_matches(stamp, want):
         return manifest
-    build = get_builder(name)  # an unknown name fails here, before any folder is made
+    build = get_builder(name)
     with build_lock(out):
         if manifest.is_file() and _stamp_matches(stamp, want):  # built by another process meanwhile
             return manifest
@@ -76,3 +80,17 @@ def ensure_dataset(name: str, size: int | None = 224, limit: int | None = None, 
         path = Path(build(out, root=root, size=size, limit=limit, seed=seed, progress=progress))
         atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(want)))
     return path
+
+
+def ensure_iu_phantom(extra: int = 0, size: int | None = 224, limit: int | None = None, seed: int = 0,
+                      progress: bool = True) -> list[Path]:
+    """The manifests of an IU-Phantom training run: ``[IU-Phantom]``, and with ``extra`` > 0
+    ``[IU-Phantom, IU-Phantom-extra]`` — ``extra`` more *training* studies drawn from IU-Phantom's
+    training finding lists (:mod:`.builders.iu_phantom_extra`), the same ``seed`` and ``size``.
+    A :class:`~.dataset.ManifestDataset` reads the list as one table; IU-Phantom's splits are
+    unchanged (every extra study is ``train``). ``limit`` caps both (smoke runs)."""
+    manifests = [ensure_dataset("iu-phantom", size=size, limit=limit, seed=seed, progress=progress)]
+    if extra:
+        n = min(int(extra), int(limit)) if limit else int(extra)
+        manifests.append(ensure_dataset("iu-phantom-extra", size=size, limit=n, seed=seed, progress=progress))
+    return manifests

@@ -108,7 +108,13 @@ def test_phantom_vqa_is_iu_phantoms_test_split_with_new_patients(pvqa):
     test_uids = {u for u, s in split_patients(reports["uid"], seed=0).items() if s == "test"}  # iu-phantom's
     uid_of = dict(zip(reports["report_id"].astype(str), reports["uid"]))
     assert all(uid_of[r] in test_uids for r in df["report_id"])  # only test-split reports
-    assert all(patient_seed(0, 20_000_000 + int(r)) != patient_seed(0, int(r)) for r in df["report_id"])
+    from medalign_lite.data.builders import iu_phantom_extra, phantom_5x200, phantom_vqa
+
+    ours = {patient_seed(0, phantom_vqa.PATIENT_OFFSET + int(r)) for r in df["report_id"]}
+    others = ({patient_seed(0, i) for i in range(10_000)}  # IU-Phantom (report ids), IU-Phantom-extra, Phantom-5x200
+              | {patient_seed(0, iu_phantom_extra.PATIENT_OFFSET + j) for j in range(iu_phantom_extra.DEFAULT_STUDIES)}
+              | {patient_seed(0, phantom_5x200.PATIENT_OFFSET + i) for i in range(1000)})
+    assert len(ours) == len(df) and not ours & others  # new patients, whatever else a run trains on
     items = vqa_items(df)
     assert len(items) >= 3 * len(df) and set(items["answer_type"]) == {"CLOSED", "OPEN"}
     for i, row in df.iterrows():  # answers follow the rendered findings

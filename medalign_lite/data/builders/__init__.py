@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 BUILDERS: dict[str, str] = {
     "iu-phantom": "iu_phantom",
+    "iu-phantom-extra": "iu_phantom_extra",
     "phantom-5x200": "phantom_5x200",
     "mimic-cxr": "mimic_cxr",
     "chexpert-5x200": "chexpert",
@@ -24,7 +25,17 @@ BUILDERS: dict[str, str] = {
 }
 
 
-def get_builder(name: str) -> Callable:
+def _module(name: str):
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(BUILDERS)}")
-    return importlib.import_module(f"{__name__}.{BUILDERS[name]}").build
+    return importlib.import_module(f"{__name__}.{BUILDERS[name]}")
+
+
+def get_builder(name: str) -> Callable:
+    return _module(name).build
+
+
+def builder_version(name: str) -> int | None:
+    """The ``VERSION`` a builder module declares when one builder's output changed on its own
+    (None: only :data:`~medalign_lite.data.builders.common.BUILDER_VERSION` applies)."""
+    return getattr(_module(name), "VERSION", None)

@@ -4,9 +4,10 @@ are known from the rendered findings (ExGra-Med's VQA evaluation, offline).
 For every IU X-Ray report of IU-Phantom's **test** split (the seeded patient-disjoint split of
 a full ``iu-phantom`` build with the same ``seed``; a build with ``--limit`` splits its own
 subset), a **new phantom patient** is rendered with
-that report's findings: patient seeds come from a range disjoint from IU-Phantom's and from
-Phantom-5x200's (``patient_seed(seed, 20_000_000 + report_id)``), so neither the images nor the
-finding combinations were seen in training. Each study has:
+that report's findings: patient seeds come from a range disjoint from IU-Phantom's (report ids
+< 10,000), Phantom-5x200's (10,000,000 + i) and IU-Phantom-extra's (20,000,000 + j):
+``patient_seed(seed, 30_000_000 + report_id)``, so neither the images nor the finding
+combinations were seen in training, with or without the extra training studies. Each study has:
 
 - ``frontal`` (PA or AP as IU's metadata says) and ``masks`` (one mask per finding);
 - ``findings`` / ``impression``: the report writer's free-style description of the findings;
@@ -34,7 +35,9 @@ from .common import RenderJob, patient_seed, relpath, render_cache_dir, run_jobs
 from .iu_phantom import _frontal_view, map_codes, reports_with_text
 
 NAME = "phantom-vqa"
-PATIENT_OFFSET = 20_000_000
+PATIENT_OFFSET = 30_000_000
+#: this builder's own version (1: patients moved from 20,000,000 + id, IU-Phantom-extra's range)
+VERSION = 1
 
 
 def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, seed: int = 0,
@@ -47,7 +50,7 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
     t0 = time.perf_counter()
     size = int(size or 224)
     out_dir = Path(out_dir)
-    cache = render_cache_dir(out_dir, seed, size)
+    cache = render_cache_dir(out_dir, seed, size, VERSION)
     reports, _ = reports_with_text()
     splits = split_patients(reports["uid"], seed=seed)  # a full iu-phantom build's split, same seed
     weights = prevalence([map_codes(list(m))[0] for m in reports["mesh"]])  # absence questions as frequent as presence
