@@ -182,7 +182,6 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
           progress: bool = True, workers: int | None = None) -> Path:
     """Build ``out_dir/manifest.csv`` for IU-Phantom (``root`` is unused: the reports ship
     inside torchxrayvision). Returns the manifest path."""
-
     t0 = time.perf_counter()
     size = int(size or 224)
     out_dir = Path(out_dir)
