@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ..config import ConfigError, config_path, load_config, read_yaml, split_overrides
 from ..data.dataset import Collate, ManifestDataset
 from ..eval.grounding import mask_auroc, pointing_game
-from ..eval.retrieval import precision_at_k_per_query, retrieval_report
+from ..eval.retrieval import precision_at_k, precision_at_k_per_query, retrieval_report
 from ..methods import get_method
 from ..models.text import TextConfig, build_text_encoder
 from ..models.vision import VisionConfig, build_image_encoder
@@ -260,11 +260,23 @@ def retrieval_eval(model: nn.Module, manifest: str | Path, image_size: int, ks: 
 
     Besides :func:`~medalign_lite.eval.retrieval.retrieval_report`'s numbers, ``"per_query"``
     holds ``{"i2t_P@K": (N,) float64 array, "t2i_P@K": ...}``, each query's precision (its mean
-    is the P@K), for the paired bootstrap of :mod:`medalign_lite.experiments.claims`."""
+    is the P@K), for the paired bootstrap of :mod:`medalign_lite.experiments.claims`.
+
+    ``"i2i_P@K"`` and ``"t2t_P@K"`` are the within-modality diagnostics: each image (report)
+    queries the other images (reports) of the gallery with the same embeddings, its own entry
+    left out, as :func:`~medalign_lite.experiments.ceiling.ceiling_retrieval` scores the
+    supervised ceiling. Image→text P@K well below image→image P@K says the image space holds
+    the classes and the cross-modal map is what falls short."""
     ds = dataset if dataset is not None else ManifestDataset(manifest, split=None, image_size=image_size)
     e = embed(model, ds, batch_size)
     labels = ds.df[label_column].tolist()
     out: dict = retrieval_report(e["image"], e["text"], labels, ks=tuple(ks))
+    for name, x in (("i2i", e["image"]), ("t2t", e["text"])):
+        x = F.normalize(x.float(), dim=-1)
+        within = x @ x.T
+        within.fill_diagonal_(-float("inf"))
+        out.update({f"{name}_P@{k}": v for k, v in
+                    precision_at_k(within, labels, labels, [k for k in ks if k < len(labels)]).items()})
     sim = F.normalize(e["image"].float(), dim=-1) @ F.normalize(e["text"].float(), dim=-1).T  # as retrieval_report
     out["per_query"] = {f"{name}_P@{k}": precision_at_k_per_query(s, labels, labels, k).numpy()
                         for name, s in (("i2t", sim), ("t2i", sim.T.contiguous())) for k in ks if k <= len(labels)}

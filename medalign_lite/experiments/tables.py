@@ -30,14 +30,18 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def retrieval_table(systems: Mapping[str, Sequence[Mapping[str, float]]],
                     ceiling: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
-                    keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10", "t2i_P@5"), ref: str = "i2t_P@5"):
+                    keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10", "t2i_P@5", "i2i_P@5", "t2t_P@5"),
+                    ref: str = "i2t_P@5"):
     """One row per system: ``<key> mean`` and ``<key> std`` over its seeds (the columns of
     :func:`~medalign_lite.experiments.variants.summary_table`, so :func:`~medalign_lite.viz.
     ablation_bars` draws it; ``systems``: name → one retrieval dict per seed, e.g.
     ``RunResult.retrieval``; the floor is one more system), ``seeds``, and ``<ref> / ceiling``:
     the mean ``ref`` over the ceiling's image→image P@K of the same K (``ceiling``:
     :func:`~medalign_lite.experiments.ceiling.ceiling_retrieval`, or one per seed: their mean,
-    with its std). The ceiling is the last row, its image→image P@K under the image→text columns."""
+    with its std). The ceiling is the last row, its image→image P@K under the image→text columns
+    and its own ``i2i_P@K`` column. The methods' ``i2i``/``t2t`` columns (within-modality P@K,
+    :func:`~medalign_lite.experiments.contrastive.retrieval_eval`) say whether a shortfall is in
+    the image features or in the cross-modal map."""
     import pandas as pd
 
     rows = {}
@@ -51,7 +55,7 @@ def retrieval_table(systems: Mapping[str, Sequence[Mapping[str, float]]],
         runs = [ceiling] if isinstance(ceiling, Mapping) else list(ceiling)
         row = {"seeds": len(runs)}
         for k in keys:
-            if k.startswith("i2t"):
+            if k.startswith(("i2t", "i2i")):
                 row[f"{k} mean"], row[f"{k} std"] = _mean_std([r.get(f"i2i_P@{k.split('@')[-1]}", np.nan) for r in runs])
         base = row.get(f"{ref} mean", np.nan)
         for other in rows.values():

@@ -88,6 +88,19 @@ def test_run_variants_and_summary(manifest, tmp_path):
     for r in results:
         assert r.retrieval["per_query"]["i2t_P@1"].mean() == pytest.approx(r.retrieval["i2t_P@1"], abs=1e-12)
         assert r.retrieval["per_query"]["t2i_P@2"].shape == (6,)
+    # the within-modality diagnostics against a plain loop: each query ranks the others, never itself
+    from medalign_lite.experiments.contrastive import embed, retrieval_eval
+
+    model, classes = results[2].model, g["class"].tolist()
+    e = embed(model, ManifestDataset(gallery, split=None, image_size=32))
+    scores = retrieval_eval(model, gallery, 32, ks=(1, 2))
+    for name, x in (("i2i", e["image"]), ("t2t", e["text"])):
+        for k in (1, 2):
+            hits = []
+            for q in range(len(classes)):
+                others = sorted((j for j in range(len(classes)) if j != q), key=lambda j: -float(x[q] @ x[j]))
+                hits.append(sum(classes[j] == classes[q] for j in others[:k]) / k)
+            assert scores[f"{name}_P@{k}"] == pytest.approx(sum(hits) / len(hits))
 
 
 def test_run_variants_keeps_the_first_seeds_model_whatever_the_seed(manifest, tmp_path):

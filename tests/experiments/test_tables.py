@@ -22,6 +22,11 @@ def test_retrieval_table_means_stds_and_the_share_of_the_ceiling():
     row = seeds.loc["supervised ceiling (image→image)"]
     assert row["i2t_P@5 mean"] == pytest.approx(0.7) and row["seeds"] == 2 and row["i2t_P@5 std"] > 0
     assert seeds.loc["gloria", "i2t_P@5 / ceiling"] == pytest.approx(0.6 / 0.7)
+    # the within-modality columns: the methods' own, the ceiling's image→image under i2i
+    within = retrieval_table({"gloria": [{"i2t_P@5": 0.5, "i2i_P@5": 0.7, "t2t_P@5": 0.9}]}, ceiling={"i2i_P@5": 0.8})
+    assert within.loc["gloria", "i2i_P@5 mean"] == 0.7 and within.loc["gloria", "t2t_P@5 mean"] == 0.9
+    assert within.loc["supervised ceiling (image→image)", "i2i_P@5 mean"] == 0.8
+    assert math.isnan(within.loc["supervised ceiling (image→image)", "t2t_P@5 mean"])
 
 
 def test_grounding_table_groups_and_ratios_to_ceiling_and_floor():
