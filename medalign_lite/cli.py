@@ -193,6 +193,33 @@ def _bench_s2d_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_exgramed(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench_exgramed
+
+    res = bench_exgramed(device=args.device, repeats=args.repeats, batch_sizes=tuple(args.batch_sizes),
+                         solver=args.solver, paper=not args.no_paper, threads=args.threads)
+    t = res["tiny"]
+    print(f"ExGra-Med aligner and text passes against the LM step ({res['device']}, solver {res['solver']})")
+    print(f"  tiny (exgramed_tiny shapes, B = 16): LM step {t['seconds']['lm'] * 1000:.1f} ms, text passes "
+          f"{t['seconds']['text'] * 1000:.1f} ms, aligner {t['seconds']['aligner'] * 1000:.1f} ms -> "
+          f"aligner_share {t['aligner_share']:.3f}, text_pass_share {t['text_pass_share']:.3f}")
+    if "paper" in res:
+        p = res["paper"]
+        print(f"  paper shapes (B = 16, d = 4096, 4096-wide GNN): aligner {p['aligner_seconds']:.3f} s measured; "
+              f"LLaMA-7B step {p['lm_step_extrapolated']:.1f} s extrapolated from one 4096-wide layer "
+              f"({p['layer_seconds']:.3f} s on 256 tokens) -> aligner_share {p['aligner_share']:.4f}, "
+              f"text_pass_share {p['text_pass_share']:.3f}")
+    for name, per_b in res["solver_ms"].items():
+        print(f"  solver {name}, 6 matchings + 6 target solves: " +
+              ", ".join(f"B={b}: {ms:.2f} ms" for b, ms in per_b.items()))
+    print(f"  {res['threads']} thread(s), load average before/after: {res['load_avg']}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def _bench_train_step(args: argparse.Namespace) -> int:
     import json
 
@@ -368,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="last line: the result as JSON")
     s.set_defaults(func=_bench_s2d_generate)
+
+    x = bench.add_parser("exgramed", help="ExGra-Med: aligner and text-pass shares of the LM step, solver ms per step")
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--repeats", type=int, default=3)
+    x.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[16, 32, 64, 128])
+    x.add_argument("--solver", default="ipfp", choices=["ipfp", "lap"], help="the aligner's solver in the shares")
+    x.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: the issue's one core)")
+    x.add_argument("--no-paper", action="store_true", help="skip the paper-shape aligner and the 4096-wide layer")
+    x.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    x.set_defaults(func=_bench_exgramed)
     return p
 
 

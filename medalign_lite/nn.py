@@ -1,5 +1,5 @@
 """Small pieces every method uses: InfoNCE, masked reductions and softmax, cross-attention,
-freezing a pretrained module.
+GELU MLPs (the LLaVA-style projector of S2D's ablation and ExGra-Med), freezing a pretrained module.
 
 Shapes use named dims: B batch, T tokens, P patches, D width. Masks are bool, True = valid.
 """
@@ -90,6 +90,32 @@ class CrossAttention(nn.Module):
             attn = logits.softmax(-1)
         u = (self.dropout(attn) @ v).transpose(1, 2).reshape(b, q_len, -1)
         return self.out(u), attn
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
+    """``layers`` linears in_dim → hidden → … → out_dim with GELU between them."""
+    dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < layers - 1:
+            mods.append(nn.GELU())
+    return nn.Sequential(*mods)
+
+
+class MLPProjector(nn.Module):
+    """LLaVA's ``mlp2x_gelu`` projector: C = W2 GELU(W1 x + b1) + b2 for every token
+    (S2D's MLP-projector ablation, ExGra-Med's projector).
+
+    ``forward(x (B, N, D_in), mask=None)`` → (B, N, H_lm); the mask passes through unchanged
+    (handled by the caller)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.mlp = mlp(in_dim, out_dim, out_dim, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(x.to(self.mlp[0].weight.dtype))
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -407,3 +407,103 @@ def memory_attention_grid(image: np.ndarray, attention: np.ndarray, grid: tuple[
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- ExGra-Med: graphs, matchings, gradients, data efficiency ---------------------------------
+def graph_panels(nodes: np.ndarray, adjacency: Sequence[np.ndarray], names: Sequence[str],
+                 title: str = "") -> plt.Figure:
+    """One panel per graph: its N nodes in a common 2-D projection (PCA of all graphs' nodes
+    together, each graph's features L2-normalised first), its directed kNN edges as lines, node
+    i coloured and numbered by sample i, so that a sample's nodes can be followed across panels.
+    ``nodes`` (G, N, D), ``adjacency`` G (N, N) 0/1 arrays, ``names`` G titles."""
+    x = np.asarray(nodes, dtype=float)
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    flat = x.reshape(-1, x.shape[-1])
+    centred = flat - flat.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ vt[:2].T).reshape(x.shape[0], x.shape[1], 2)
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.1), squeeze=False)
+    lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
+    pad = 0.08 * np.maximum(hi - lo, 1e-6)
+    for g, (ax, name) in enumerate(zip(axes[0], names)):
+        a = np.asarray(adjacency[g])
+        for i, j in zip(*np.nonzero(a)):
+            ax.plot(xy[g, [i, j], 0], xy[g, [i, j], 1], color="grey", lw=0.6, alpha=0.6, zorder=1)
+        ax.scatter(xy[g, :, 0], xy[g, :, 1], c=[cmap(i % 20) for i in range(x.shape[1])], s=36, zorder=2,
+                   edgecolors="black", linewidths=0.4)
+        for i in range(x.shape[1]):
+            ax.annotate(str(i), xy[g, i], fontsize=6, ha="center", va="center", zorder=3)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(f"{name} ({int(a.sum())} edges)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def matching_matrices(matrices: dict[str, np.ndarray], title: str = "", ncols: int = 6) -> plt.Figure:
+    """Heatmaps of (N, N) matchings (rows: the first graph's nodes, columns: the second's), one
+    panel per entry, with the fraction of the diagonal matched (the matching accuracy)."""
+    n = len(matrices)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for ax, (name, m) in zip(axes.flat, matrices.items()):
+        m = np.asarray(m, dtype=float)
+        ax.imshow(m, cmap="Greys", vmin=0, vmax=1)
+        ax.set_title(f"{name}\ndiagonal {np.trace(m) / m.shape[0]:.2f}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_scatter(reference: np.ndarray, estimates: dict[str, np.ndarray], cosines: dict[str, float] | None = None,
+                     title: str = "", xlabel: str = "finite differences", ylabel: str = "estimate") -> plt.Figure:
+    """One panel per estimate: its entries against the reference gradient's (a scale-free
+    comparison: each vector divided by its norm), the diagonal, and the cosine in the title."""
+    ref = np.asarray(reference, dtype=float).ravel()
+    ref = ref / max(np.linalg.norm(ref), 1e-12)
+    fig, axes = plt.subplots(1, len(estimates), figsize=(3.0 * len(estimates), 3.0), squeeze=False)
+    for ax, (name, est) in zip(axes[0], estimates.items()):
+        e = np.asarray(est, dtype=float).ravel()
+        e = e / max(np.linalg.norm(e), 1e-12)
+        lim = 1.05 * max(np.abs(ref).max(), np.abs(e).max(), 1e-6)
+        ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--")
+        ax.scatter(ref, e, s=14)
+        cos = cosines.get(name) if cosines else float(ref @ e)
+        ax.set_title(f"{name}: cosine {cos:.3f}", fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def score_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
+                 title: str = "", hlines: dict[str, float] | None = None, ylim: tuple[float, float] | None = None,
+                 xscale: str = "linear") -> plt.Figure:
+    """Lines of y against x, one per entry ``name: (xs, ys)`` (markers at the points), with
+    dashed horizontal reference lines ``hlines`` (a floor, a ceiling)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for k, (name, (xs, ys)) in enumerate(curves.items()):
+        ax.plot(list(xs), list(ys), marker="o", lw=1.4, label=name, color=_COLORS[k % len(_COLORS)])
+    for k, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=0.9, color=_COLORS[(len(curves) + k) % len(_COLORS)], label=name)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -30,6 +30,8 @@ OTHER_PARAMETERS = {
                                "eval_every": 0},
     "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "real", "ablations": ["full", "no_bcga", "gloria"],
                                "sigma_texts": ["structured"], "n_seeds": 1, "workers": 1},
+    "03_exgramed_graphs": {"seed": 2, "variants": ["exgramed@10", "alpha0.5@10"], "workers": 1,
+                           "overrides": ["model.solver=lap"]},
     "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
                     "overrides": ["model.num_beams=1"]},
 }
@@ -159,6 +161,20 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         assert claim["verdict"] in ("holds", "reversed", "undecided") and claim["low"] <= claim["diff"] <= claim["high"]
         sigma = metrics[f"claim/structured>{text}/S_bar_tg_per_pair"]  # the σ study, the same rule
         assert sigma["verdict"] in ("holds", "reversed", "undecided") and sigma["seeds"] == n_seeds
+    if stem == "03_exgramed_graphs":
+        variants = params.get("variants", ["exgramed@10", "exgramed@40", "exgramed@100", "llava_med@10", "llava_med@40",
+                                           "llava_med@100", "alpha0.5@10", "alpha0.1@10", "no_extended@10",
+                                           "infonce@10"])
+        assert metrics["seeds"] == [seed] and metrics["variants"] == variants
+        for v in variants:  # every variant that ran is scored on Phantom-VQA
+            assert 0 <= metrics[f"vqa/{v}/closed_accuracy_mean"] <= 1 and 0 <= metrics[f"vqa/{v}/open_recall_mean"] <= 1
+        for floor in ("majority", "question_prior", "probe"):  # floors and ceiling beside the method
+            assert 0 <= metrics[f"vqa/{floor}/closed_accuracy"] <= 1
+        assert metrics["imle/cosine_lambda0.5"] > 0.5 and metrics["solver/ipfp/sigma0"] == 1.0
+        assert 0 <= metrics["snapshot/before/match_accuracy"] <= 1
+        claims = [k for k in metrics if k.startswith("claim/")]
+        assert claims and all(metrics[k]["verdict"] in ("holds", "reversed", "undecided") for k in claims)
+        assert metrics["workers"] == params.get("workers", 2) and metrics["seconds/total"] > 0
     if stem == "05_s2d_full":
         variants = ("progressive", *params.get("ablations", ("joint", "single_stage", "reversed", "without_stage3",
                                                              "independent_memory", "mlp_projector")))

@@ -99,6 +99,25 @@ def test_memory_attention_grid_one_panel_per_query_and_the_image():
         viz.memory_attention_grid(np.zeros((8, 8)), np.ones((2, 5)), grid)
 
 
+def test_exgramed_figures_draw_what_they_are_given():
+    from medalign_lite import viz
+
+    rng = np.random.default_rng(0)
+    nodes = rng.normal(size=(4, 6, 5))
+    adj = [np.eye(6, k=1) + np.eye(6, k=-1) for _ in range(4)]
+    fig = viz.graph_panels(nodes, adj, ["image", "response", "extended", "barycenter"])
+    axes = fig.axes
+    assert len(axes) == 4 and all(len(ax.lines) == 10 for ax in axes)  # one line per directed edge
+    assert "10 edges" in axes[0].get_title() and len(axes[0].texts) == 6
+    fig = viz.matching_matrices({"a": np.eye(3), "b": np.eye(3)[[1, 0, 2]]})
+    assert "diagonal 1.00" in fig.axes[0].get_title() and "diagonal 0.33" in fig.axes[1].get_title()
+    fig = viz.gradient_scatter(np.array([1.0, -1.0, 0.5]), {"λ=1": np.array([2.0, -2.0, 1.0])})
+    assert "cosine 1.000" in fig.axes[0].get_title()
+    fig = viz.score_curves({"x": ([0.1, 1.0], [0.5, 0.7])}, "fraction", "score", hlines={"floor": 0.4})
+    assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_legend() is not None
+    plt.close("all")
+
+
 def test_learning_curves_draw_each_seed_their_mean_the_stop_and_the_references():
     curves = {"full": [([100, 200, 300], [0.3, 0.5, 0.6]), ([100, 200, 300], [0.4, 0.5, 0.7])],
               "gloria": [([100, 200, 300], [0.2, 0.3, 0.4])]}

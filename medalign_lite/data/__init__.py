@@ -50,14 +50,15 @@ def ensure_dataset(name: str, size: int | None = 224, limit: int | None = None, 
     """Manifest path of dataset ``name``, building it first when needed.
 
     The build goes to ``out`` or ``data_home()/<name>-<size>px[-limit<N>]-seed<seed>``; a
-    ``build.json`` stamp records the arguments and builder version, so an unchanged request
+    ``build.json`` stamp records the arguments and builder version (and the builder's own
+    ``VERSION`` where it declares one), so an unchanged request
     costs one file read. Two processes asking for one dataset at once (two notebooks, a
     notebook and a test run) take turns through :func:`build_lock`: the second waits and
     then finds the first one's build. The stamp is removed before a build and written
     (atomically) after it succeeded, so it never vouches for a manifest it did not see built.
     """
     from ..utils import atomic_write
-    from .builders import get_builder
+    from .builders import builder_version, get_builder
     from .builders.common import BUILDER_VERSION
 
     tag = f"{name}-{size or 'orig'}px" + (f"-limit{limit}" if limit else "") + f"-seed{seed}"
@@ -65,10 +66,13 @@ def ensure_dataset(name: str, size: int | None = 224, limit: int | None = None, 
     stamp = out / "build.json"
     want = {"name": name, "size": size, "limit": limit, "seed": seed,
             "root": str(root) if root else None, "builder_version": BUILDER_VERSION}
+    own = builder_version(name)  # an unknown name fails here, before any folder is made
+    if own is not None:  # only builders that declare one: every other stamp stays valid
+        want["dataset_version"] = own
     manifest = out / "manifest.csv"
     if manifest.is_file() and _stamp_matches(stamp, want):
         return manifest
-    build = get_builder(name)  # an unknown name fails here, before any folder is made
+    build = get_builder(name)
     with build_lock(out):
         if manifest.is_file() and _stamp_matches(stamp, want):  # built by another process meanwhile
             return manifest

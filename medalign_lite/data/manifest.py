@@ -81,6 +81,11 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("chexpert-5x200", False, False, "CheXpert 5x200 retrieval/zero-shot set (GLoRIA rule)"),
         DatasetSpec("iu-xray", True, False, "IU X-Ray with the user's real PNG images"),
         DatasetSpec("rsna", False, False, "RSNA Pneumonia Detection, patient-level labels"),
+        DatasetSpec("phantom-vqa", True, True, "patient-disjoint phantom VQA, questions with known answers (qa_json)"),
+        DatasetSpec("vqa-rad", False, False, "VQA-RAD, one row per image and split (qa_json)"),
+        DatasetSpec("slake", False, False, "SLAKE 1.0 English subset, one row per image (qa_json)"),
+        DatasetSpec("pathvqa", False, False, "PathVQA from a local Parquet copy, one row per image (qa_json)"),
+        DatasetSpec("llava-med-instruct", False, False, "LLaVA-Med instruction JSON (+ ExGra-Med conversations_long)"),
     )
 }
 

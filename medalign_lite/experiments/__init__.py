@@ -16,6 +16,11 @@ module                   job
                          the labels (image→image P@K, CAM grounding, per-observation AUROC)
 ``aga``, ``s2d``         each method's variant table (and S2D's configuration and stages)
 ``s2d_runs``             S2D's driver: variants → reports → scores, tables, decided claims
+``exgramed``             ExGra-Med's configuration, instruction data, variants (data
+                         fractions, α, extended captions, InfoNCE), stand-ins, the two stages,
+                         mechanism checks (I-MLE against finite differences, solvers vs noise)
+``exgramed_runs``        ExGra-Med's driver: variants → Phantom-VQA answers → scores, floors
+                         and a probe ceiling, tables, decided claims, graph snapshots
 ``params``               checks of a notebook's parameters (``ValueError`` naming each)
 =======================  ====================================================================
 

@@ -15,8 +15,10 @@ only that seed's sign: the interval then speaks for the items alone, and :attr:`
 says so. An undecided claim is a result only when a longer run cannot separate the systems
 either (DESIGN.md); the notebooks say which budget they tried.
 
-Per-item scores: retrieval's ``per_query`` precision (mean-reduced) and report generation's
-per-report CE counts (:func:`~medalign_lite.eval.clinical.ce_counts`, F1-reduced).
+Per-item scores: retrieval's ``per_query`` precision (mean-reduced), report generation's
+per-report CE counts (:func:`~medalign_lite.eval.clinical.ce_counts`, F1-reduced) and VQA's
+per-question contributions (:func:`~medalign_lite.eval.vqa.vqa_contributions`: closed accuracy,
+open recall or their average, ratio-reduced).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from ..data.findings import CHEXPERT_LABELS
 from ..eval.bootstrap import mean_reduce, paired_bootstrap
 from ..eval.clinical import ce_counts, macro_f1, micro_f1
 
-__all__ = ["VERDICTS", "Claim", "ce_claim", "claims_metrics", "claims_table", "decide", "retrieval_claim"]
+__all__ = ["VERDICTS", "Claim", "ce_claim", "claims_metrics", "claims_table", "decide", "retrieval_claim", "vqa_claim"]
 
 VERDICTS = ("holds", "reversed", "undecided")
 
@@ -111,6 +113,29 @@ def ce_claim(ref_labels, hyps_a: Sequence, hyps_b: Sequence, average: str = "mic
     b = np.stack([ce_counts(ref_labels, h, uncertain, observations) for h in hyps_b])
     kw.setdefault("metric", f"CE {average} F1")
     return decide(a, b, reduce=micro_f1 if average == "micro" else macro_f1, **kw)
+
+
+VQA_METRICS = {"closed": "closed accuracy", "open": "open recall", "average": "VQA average"}
+
+
+def _vqa_reduce(metric: str):
+    def reduce(sums: np.ndarray, n: int) -> np.ndarray:
+        closed = sums[..., 0] / np.maximum(sums[..., 1], 1e-12)
+        open_ = sums[..., 2] / np.maximum(sums[..., 3], 1e-12)
+        return {"closed": closed, "open": open_, "average": 0.5 * (closed + open_)}[metric]
+    return reduce
+
+
+def vqa_claim(contrib_a: Sequence, contrib_b: Sequence, metric: str = "average", **kw) -> Claim:
+    """:func:`decide` on VQA: ``contrib_a`` / ``contrib_b`` are one (N, 4) array of
+    :func:`~medalign_lite.eval.vqa.vqa_contributions` per seed, on the same N questions;
+    ``metric`` is ``"closed"`` (accuracy), ``"open"`` (recall) or ``"average"`` (their mean,
+    the number ExGra-Med's tables give per dataset)."""
+    if metric not in VQA_METRICS:
+        raise ValueError(f"metric must be one of {list(VQA_METRICS)}, got {metric!r}")
+    a, b = np.stack([np.asarray(c, float) for c in contrib_a]), np.stack([np.asarray(c, float) for c in contrib_b])
+    kw.setdefault("metric", VQA_METRICS[metric])
+    return decide(a, b, reduce=_vqa_reduce(metric), **kw)
 
 
 def claims_table(claims: Sequence[Claim]):

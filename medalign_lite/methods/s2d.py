@@ -78,18 +78,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.generation import generate_from_embeds
-from ..models.llm import LLMConfig, apply_lora
-from ..nn import CrossAttention
+from ..models.llm import IGNORE_INDEX, LLMConfig, apply_lora, causal_lm_loss
+from ..nn import CrossAttention, MLPProjector, mlp
 from ..text.phrases import extract_phrases
 from . import register_method
 
 #: Auxiliary soft-token groups that training may add after the image's, in their order.
 AUX_GROUPS: tuple[str, ...] = ("reference", "key_phrases")
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -149,17 +147,6 @@ class S2DConfig:
 
 
 # --- §SMA ----------------------------------------------------------------------------------
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
-    """``layers`` linears in_dim → hidden → … → out_dim with GELU between them."""
-    dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < layers - 1:
-            mods.append(nn.GELU())
-    return nn.Sequential(*mods)
-
-
 class SMA(nn.Module):
     """Shallow-to-deep Memory Adapter: M memory queries read N input tokens.
 
@@ -193,37 +180,6 @@ class SMA(nn.Module):
         if return_attention:
             return c, attn.mean(1)
         return c
-
-
-class MLPProjector(nn.Module):
-    """The ablation's projector (LLaVA-style): C = W2 GELU(W1 x + b1) + b2 for every token.
-
-    ``forward(x (B, N, D_in), mask=None)`` → (B, N, H_lm); the mask passes through unchanged
-    (handled by the caller)."""
-
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        self.mlp = mlp(in_dim, out_dim, out_dim, 2)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.mlp(x.to(self.mlp[0].weight.dtype))
-
-
-# --- the LM objective ----------------------------------------------------------------------
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy over the labelled positions (mean over tokens):
-
-        L = −1/N Σ_{b,t: y_{b,t+1} ≠ −100} log softmax(z_{b,t})[y_{b,t+1}]
-
-    logits z (B, L, V) and labels y (B, L) of the same positions (the position t predicts
-    the label at t + 1). Computed in float32. Returns (L, N); N = 0 gives L = 0.
-    """
-    pred = logits[:, :-1].float()
-    target = labels[:, 1:]
-    nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="sum")
-    n = (target != IGNORE_INDEX).sum()
-    return nll / n.clamp_min(1), n
 
 
 @dataclass

@@ -14,6 +14,9 @@ LoRA (:func:`apply_lora`): every targeted linear W₀ (d_out × d_in) becomes
     h = W₀ x + (α / r) · B A x,    A ∈ ℝ^{r×d_in}, B ∈ ℝ^{d_out×r}, B₀ = 0,
 with W₀ frozen, so training starts from the base model. Defaults r = 16, α = 32, dropout 0.05
 on the attention projections q/k/v/o (our S2D / ExGra-Med setting; R2GenGPT: r = 16, α = 16).
+
+The training objective of the LM-based methods (:func:`causal_lm_loss`): next-token
+cross-entropy over the labelled positions, labels −100 (:data:`IGNORE_INDEX`) elsewhere.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .loading import (
@@ -179,9 +183,30 @@ def apply_lora(model: nn.Module, cfg: LLMConfig | None = None):
         return get_peft_model(model, lora)
 
 
+#: The label of positions the LM loss ignores (prompt, soft tokens, padding).
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy over the labelled positions (mean over tokens):
+
+        L = −1/N Σ_{b,t: y_{b,t+1} ≠ −100} log softmax(z_{b,t})[y_{b,t+1}]
+
+    logits z (B, L, V) and labels y (B, L) of the same positions (the position t predicts
+    the label at t + 1). Computed in float32. Returns (L, N); N = 0 gives L = 0.
+    """
+    pred = logits[:, :-1].float()
+    target = labels[:, 1:]
+    nll = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="sum")
+    n = (target != IGNORE_INDEX).sum()
+    return nll / n.clamp_min(1), n
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["LLMConfig", "apply_lora", "count_parameters", "load_causal_lm", "tiny_llama_config"]
+__all__ = ["IGNORE_INDEX", "LLMConfig", "apply_lora", "causal_lm_loss", "count_parameters", "load_causal_lm",
+           "tiny_llama_config"]

@@ -78,6 +78,9 @@ class VisionConfig:
         tiny_widths: channels of the ``tiny_cnn`` stem and its four stages.
         hf_config: a transformers config as a dict with ``model_type`` (e.g. a tiny
             ``Dinov2Config``) for random init without any file; overrides the named model's.
+        hidden_layer: which hidden state of a transformers (``hf:``) encoder gives the
+            patches: −1 the last (default), −2 the penultimate (LLaVA's
+            ``mm_vision_select_layer``), counted as in ``output_hidden_states``.
         allow_download: permit a one-time download of missing weights (see ``loading``).
         precision: the backbone's arithmetic. ``"fp32"``; ``"bf16"``: under bfloat16 autocast
             (weights stay float32, the features come out float32, convolutions run channels-last);
@@ -95,6 +98,7 @@ class VisionConfig:
     drop_cls: bool = True
     tiny_widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     hf_config: dict[str, Any] | None = None
+    hidden_layer: int = -1
     allow_download: bool = False
     precision: str = "fp32"
 
@@ -105,6 +109,8 @@ class VisionConfig:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if len(self.tiny_widths) != 5:
             raise ValueError("tiny_widths needs 5 widths: stem, layer1..layer4")
+        if self.hidden_layer != -1 and (self.name == "tiny_cnn" or self.name.startswith("timm:")):
+            raise ValueError(f"hidden_layer applies to transformers (hf:) encoders only, not {self.name!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -239,8 +245,11 @@ class ImageEncoder(nn.Module):
         kwargs = {}
         if self.interpolate_pos:
             kwargs["interpolate_pos_encoding"] = True
+        layer = self.cfg.hidden_layer
+        if layer != -1:
+            kwargs["output_hidden_states"] = True
         out = self.backbone(pixel_values=images, **kwargs)
-        hidden = out.last_hidden_state  # (B, n_prefix + h·w, D)
+        hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]  # (B, n_prefix + h·w, D)
         h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
         n_prefix = hidden.shape[1] - h * w
         if n_prefix < 0:

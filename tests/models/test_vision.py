@@ -88,6 +88,18 @@ def test_clip_vision_tower_of_a_two_tower_config():
     assert f.grid == (8, 8) and f.patches.shape == (1, 64, 32)
 
 
+def test_penultimate_layer_patches_as_llava_selects_them():
+    conf = {"model_type": "clip", "vision_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                      "intermediate_size": 64, "patch_size": 8, "image_size": 32}}
+    enc, x, f = _run(VisionConfig("hf:tiny-clip", hf_config=conf, image_size=32, hidden_layer=-2))
+    with torch.no_grad():
+        out = enc.backbone(pixel_values=x.expand(-1, 3, -1, -1), output_hidden_states=True)
+    torch.testing.assert_close(f.patches, out.hidden_states[-2][:, 1:])
+    assert not torch.allclose(f.patches, out.last_hidden_state[:, 1:])
+    with pytest.raises(ValueError, match="hidden_layer"):
+        VisionConfig(hidden_layer=-2)
+
+
 def test_gradients_flow_to_every_parameter():
     for cfg in (VisionConfig(image_size=64), VisionConfig("hf:tiny-dinov2", hf_config=TINY_DINO, image_size=56)):
         enc, _, f = _run(cfg, batch=2, grad=True)

@@ -17,10 +17,25 @@ BUILDERS: dict[str, str] = {
     "chexpert-5x200": "chexpert",
     "iu-xray": "iu_xray",
     "rsna": "rsna",
+    "phantom-vqa": "phantom_vqa",
+    "vqa-rad": "vqa_rad",
+    "slake": "slake",
+    "pathvqa": "pathvqa",
+    "llava-med-instruct": "llava_med",
 }
 
 
-def get_builder(name: str) -> Callable:
+def _module(name: str):
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(BUILDERS)}")
-    return importlib.import_module(f"{__name__}.{BUILDERS[name]}").build
+    return importlib.import_module(f"{__name__}.{BUILDERS[name]}")
+
+
+def get_builder(name: str) -> Callable:
+    return _module(name).build
+
+
+def builder_version(name: str) -> int | None:
+    """The ``VERSION`` a builder module declares when one builder's output changed on its own
+    (None: only :data:`~medalign_lite.data.builders.common.BUILDER_VERSION` applies)."""
+    return getattr(_module(name), "VERSION", None)

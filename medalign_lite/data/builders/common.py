@@ -52,8 +52,10 @@ class RenderJob:
     mask_path: str | None = None
 
 
-def render_cache_dir(out_dir: str | Path, seed: int, size: int) -> Path:
-    return Path(out_dir) / "renders" / f"v{BUILDER_VERSION}-seed{seed}-{size}px"
+def render_cache_dir(out_dir: str | Path, seed: int, size: int, version: int | None = None) -> Path:
+    """The render folder of a build; ``version``: the builder's own ``VERSION`` (``v2.1-…``)."""
+    tag = f"v{BUILDER_VERSION}" + (f".{version}" if version is not None else "")
+    return Path(out_dir) / "renders" / f"{tag}-seed{seed}-{size}px"
 
 
 def patient_seed(base: int, patient_index: int) -> int:

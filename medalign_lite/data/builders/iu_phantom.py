@@ -126,6 +126,16 @@ def _frontal_view(views: list[str]) -> str:
     return "PA"
 
 
+def reports_with_text() -> tuple[pd.DataFrame, int]:
+    """The IU reports that have findings or an impression, by report id, and how many have
+    neither (dropped)."""
+    from ..iu_xray import load_iu_reports
+
+    reports = load_iu_reports()
+    has_text = (reports["findings"].str.strip() != "") | (reports["impression"].str.strip() != "")
+    return reports[has_text].sort_values("report_id").reset_index(drop=True), int((~has_text).sum())
+
+
 def phantom_study(uid: str, findings: list[Finding], pseed: int, view: str, size: int, cache: Path,
                   rel_cache: str) -> tuple[dict, list[RenderJob]]:
     """One phantom patient's study from its findings: the render jobs of its four images (the
@@ -172,16 +182,11 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
           progress: bool = True, workers: int | None = None) -> Path:
     """Build ``out_dir/manifest.csv`` for IU-Phantom (``root`` is unused: the reports ship
     inside torchxrayvision). Returns the manifest path."""
-    from ..iu_xray import load_iu_reports
-
     t0 = time.perf_counter()
     size = int(size or 224)
     out_dir = Path(out_dir)
     cache = render_cache_dir(out_dir, seed, size)
-    reports = load_iu_reports()
-    has_text = (reports["findings"].str.strip() != "") | (reports["impression"].str.strip() != "")
-    dropped = int((~has_text).sum())
-    reports = reports[has_text].sort_values("report_id").reset_index(drop=True)
+    reports, dropped = reports_with_text()
     if limit:
         reports = reports.iloc[: int(limit)]
     splits = split_patients(reports["uid"], seed=seed)

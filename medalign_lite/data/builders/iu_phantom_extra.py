@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..manifest import split_patients, write_manifest
 from .common import patient_seed, relpath, render_cache_dir, run_jobs
-from .iu_phantom import COLUMNS, map_codes, phantom_study
+from .iu_phantom import COLUMNS, map_codes, phantom_study, reports_with_text
 
 NAME = "iu-phantom-extra"
 #: patient numbers of the extra studies start here (IU report ids < 10,000; Phantom-5×200 uses 10,000,000 + i)
@@ -48,11 +48,7 @@ DEFAULT_STUDIES = 4000
 def training_finding_lists(seed: int = 0) -> tuple[list[list], list[str]]:
     """The abnormal studies of IU-Phantom's training split (the same seeded patient split as the
     IU-Phantom build of ``seed``): their finding lists and report ids, in report order."""
-    from ..iu_xray import load_iu_reports
-
-    reports = load_iu_reports()
-    has_text = (reports["findings"].str.strip() != "") | (reports["impression"].str.strip() != "")
-    reports = reports[has_text].sort_values("report_id").reset_index(drop=True)
+    reports, _ = reports_with_text()
     splits = split_patients(reports["uid"], seed=seed)
     lists, ids = [], []
     for r in reports.itertuples(index=False):
