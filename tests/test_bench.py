@@ -99,6 +99,16 @@ def test_aga_step_profile_through_the_notebook_path(small_iu, capsys):
 
 
 @pytest.mark.slow
+def test_exgramed_step_profile_is_stage_two_with_the_graph_loss(small_iu):
+    from medalign_lite.experiments.exgramed import SMOKE_OVERRIDES
+
+    res = bench_train_step("exgramed", steps=1, warmup=0, overrides=SMOKE_OVERRIDES, manifest=small_iu)
+    assert res["threads"] == 1 and list(res["budget_steps"]) == ["stage2_instruct"]
+    (s,) = res["runs"]["second"].values()
+    assert s["head_loss_s"] > 0 and {"lm", "aligner"} <= set(s["forward_by_module_s"])
+
+
+@pytest.mark.slow
 def test_s2d_step_profile_covers_the_curriculum(small_iu):
     from medalign_lite.experiments.s2d import SMOKE_OVERRIDES
 

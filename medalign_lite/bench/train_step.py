@@ -16,7 +16,7 @@ Where the setup comes from: a method whose tutorial config names it (``method:``
 dual encoder trains as a contrastive run (:mod:`medalign_lite.experiments.contrastive`, as
 notebooks 01 and 02 do: ConVIRT, GLoRIA, AGA, and any dual encoder registered with such a
 config); other methods register their notebook's setup with :func:`register_setup` (S2D-ALIGN,
-notebook 05: below). Each method runs twice from the same seed: the ``first`` run starts with
+notebook 05, and ExGra-Med's stage 2, notebook 03: below). Each method runs twice from the same seed: the ``first`` run starts with
 the caches a notebook's first run starts with (the in-memory training set, the frozen text
 encoder's features) and fills them; the ``second`` run is what every later run of a notebook's
 ablation grid pays.
@@ -189,6 +189,50 @@ def _s2d_setup(config: str, overrides: Sequence[str], manifest, device: str, see
     notes = [f"encoder and LM ready in {ready:.0f} s (encoder {info['encoder_seconds']} s, LM {info['lm_seconds']} s; "
              "cached after the first time), patches precomputed and standardised once"]
     return TrainStepSetup("s2d", config, build, train, exp.train.batch_size, budget, ("vision",), threads=1,
+                          notes=notes)
+
+
+@register_setup("exgramed")
+def _exgramed_setup(config: str, overrides: Sequence[str], manifest, device: str, seed: int) -> TrainStepSetup:
+    """ExGra-Med's stage 2 — instruction tuning with α·L_align, the step the graphs cost — as
+    notebook 03 trains it (``run_exgramed``): the frozen aligned encoder and the pre-trained tiny
+    LM from their caches (made once, minutes, when absent), the encoder's patches computed once
+    and standardised, the whole instruction set (``exgramed@100``), one thread (the notebook
+    trains in two one-thread worker processes). Stage 1 (the projector on captions) is not
+    profiled: it runs once per seed and has no graph loss."""
+    from ..data.dataset import ManifestDataset
+    from ..experiments.exgramed import ConversationItems, build_model, load_exgramed_experiment, load_instruction_data, prepare_exgramed
+    from ..experiments.generation import PrecomputedPatches, encode_dataset, patch_statistics
+    from ..train import Trainer
+
+    exp = load_exgramed_experiment(config, overrides)
+    manifest = _default_manifest(manifest)
+    data = load_instruction_data(manifest, exp.data.turns, seed, exp.data.caption_columns)
+    t0 = time.perf_counter()
+    encoder, llm, info = prepare_exgramed(exp, manifest, data, seed, device)
+    train_set = ManifestDataset(manifest, split="train", image_size=exp.vision.image_size, text_columns=())
+    _, patches, grid = encode_dataset(encoder, train_set)
+    mean, std = patch_statistics(patches) if exp.standardize else (None, None)
+    vision = PrecomputedPatches(encoder.cpu(), grid, mean, std)
+    items = ConversationItems((patches - mean) / std if exp.standardize else patches, data.study_ids,
+                              data.conversations)
+    ready = time.perf_counter() - t0
+    stage = exp.train.stages[1]
+    per_epoch = math.ceil(len(items) / exp.train.batch_size)
+    budget = {stage.name: stage.epochs * per_epoch if stage.max_steps is None
+              else min(stage.epochs * per_epoch, stage.max_steps)}
+
+    def build(s: int) -> nn.Module:
+        return build_model(vision, llm, exp.model, s)
+
+    def train(model: nn.Module, max_steps: int, out: Path) -> None:
+        cfg = replace(exp.train, output_dir=str(out), seed=seed, device=device, log_every=5, save_weights="trained",
+                      stages=[replace(stage, max_steps=max_steps)])
+        Trainer(model, items, cfg, collate_fn=model.collate()).fit(resume=False)
+
+    notes = [f"encoder and LM ready in {ready:.0f} s (encoder {info['encoder_seconds']} s, LM {info['lm_seconds']} s; "
+             "cached after the first time), patches precomputed and standardised once; stage 2 only"]
+    return TrainStepSetup("exgramed", config, build, train, exp.train.batch_size, budget, ("vision",), threads=1,
                           notes=notes)
 
 

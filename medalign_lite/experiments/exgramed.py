@@ -111,7 +111,11 @@ class ExGraMedExperiment:
     ``model``, ``vision``, ``llm`` build the model (:func:`~medalign_lite.methods.exgramed.build_exgramed`);
     ``train.stages`` are stage 1 (projector on captions, ``inputs: {align: false}``) and
     stage 2 (instruction tuning); ``encoder`` / ``lm_pretrain`` make the tiny stand-ins (as S2D's);
-    ``data`` the instruction set; ``standardize`` the per-channel standardised frozen patches.
+    ``data`` the instruction set; ``standardize`` the per-channel standardised frozen patches;
+    ``extra_studies``: IU-Phantom-extra studies the ConVIRT stand-in encoder aligns on beside
+    IU-Phantom (the encoder of notebooks 01 and 05, one cache entry; the caller passes the
+    manifests, :func:`~medalign_lite.data.ensure_iu_phantom`) — the instruction data stays
+    the training manifest's.
     """
 
     model: ExGraMedConfig = field(default_factory=ExGraMedConfig)
@@ -123,6 +127,7 @@ class ExGraMedExperiment:
     data: ExGraMedData = field(default_factory=ExGraMedData)
     standardize: bool = True
     eval_batch_size: int = 64
+    extra_studies: int = 0
 
 
 def load_exgramed_experiment(config: str | Path = "exgramed_tiny", overrides: Sequence[str] = ()) -> ExGraMedExperiment:
@@ -303,14 +308,16 @@ def tokenizer_corpus(data: InstructionData, fmt) -> list[str]:
 
 
 def prepare_exgramed(exp: ExGraMedExperiment, train_manifest: str | Path, data: InstructionData, seed: int = 0,
-                     device: str = "auto", progress: bool = False) -> tuple[nn.Module, LLMConfig, dict]:
+                     device: str = "auto", progress: bool = False,
+                     encoder_manifest=None) -> tuple[nn.Module, LLMConfig, dict]:
     """The frozen encoder and the LM of an experiment → (encoder, LLMConfig every run loads, info).
 
     For the tiny LM a word tokenizer of :func:`tokenizer_corpus` is built (cached), and the LM is
     pre-trained on text only — per study its caption, its extended answers joined, and its
     questions joined, never a question beside its answer — by :func:`~medalign_lite.experiments.s2d.prepare_s2d`, which also makes the
     ConVIRT-aligned encoder (the same cache entry as ``s2d_tiny``'s at the same settings). A real
-    LLM and encoder are loaded as configured."""
+    LLM and encoder are loaded as configured. ``encoder_manifest``: what the encoder aligns on
+    (a path or a list, e.g. IU-Phantom + IU-Phantom-extra; default ``train_manifest``)."""
     from ..text.tokenizer import cached_word_tokenizer
     from .s2d import prepare_s2d
 
@@ -323,8 +330,8 @@ def prepare_exgramed(exp: ExGraMedExperiment, train_manifest: str | Path, data: 
         for rec in data.conversations:  # per study: its extended answers, and its questions (apart)
             texts += [" ".join(rec["extended"] or []), " ".join(q for q, _ in rec["conversation"])]
         texts = [t for t in texts if t.strip()]
-    encoder, llm_cfg, info = prepare_s2d(replace(exp, llm=llm), train_manifest, texts, seed=seed, device=device,
-                                         progress=progress)
+    encoder, llm_cfg, info = prepare_s2d(replace(exp, llm=llm), encoder_manifest or train_manifest, texts, seed=seed,
+                                         device=device, progress=progress)
     return encoder, llm_cfg, info
 
 

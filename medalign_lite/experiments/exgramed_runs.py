@@ -309,12 +309,14 @@ def run_exgramed(exp: ExGraMedExperiment, train_manifest: str | Path, vqa_manife
                  output_dir: str | Path, variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0,),
                  device: str = "auto", vqa_limit: int | None = None, workers: int = 1, threads: int | None = None,
                  keep_models: Sequence[str] = ("exgramed@100",), progress: bool | None = None,
-                 on_result: Callable[[VariantRun], None] | None = None) -> ExGraMedResults:
+                 on_result: Callable[[VariantRun], None] | None = None, encoder_manifest=None) -> ExGraMedResults:
     """The whole experiment (module docstring) → :class:`ExGraMedResults`.
 
     Args:
         exp: the configuration (:func:`load_exgramed_experiment`).
         train_manifest: IU-Phantom (its training split) or a LLaVA-Med instruction manifest.
+        encoder_manifest: what the ConVIRT stand-in encoder aligns on (default ``train_manifest``;
+            notebook 03: IU-Phantom + IU-Phantom-extra, ``exp.extra_studies``).
         vqa_manifest: Phantom-VQA (or any manifest with ``qa_json``; its test split, else all rows).
         variants: names of :data:`VARIANTS`; seeds: one run of each per seed.
         vqa_limit: score the questions of the first N VQA studies only (None: all).
@@ -350,7 +352,8 @@ def run_exgramed(exp: ExGraMedExperiment, train_manifest: str | Path, vqa_manife
     setup["data"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    encoder, llm, info = prepare_exgramed(exp, train_manifest, data, seeds[0], device, progress=bool(progress))
+    encoder, llm, info = prepare_exgramed(exp, train_manifest, data, seeds[0], device, progress=bool(progress),
+                                          encoder_manifest=encoder_manifest)
     setup["stand_ins"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
