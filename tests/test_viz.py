@@ -93,3 +93,28 @@ def test_memory_attention_grid_one_panel_per_query_and_the_image():
 
     with pytest.raises(ValueError, match="attention must be"):
         viz.memory_attention_grid(np.zeros((8, 8)), np.ones((2, 5)), grid)
+
+
+def test_alta_figures_draw_what_they_say():
+    fig = viz.adapter_block_diagram()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "adapter" in texts and "MLP" in texts and "attention" in texts and "s = 0.5" in texts
+    plt.close(fig)
+    imgs = [np.random.rand(16, 16) for _ in range(4)]
+    masks = [np.r_[np.ones(12), np.zeros(4)] for _ in range(4)]
+    fig = viz.study_views(imgs, ["a", "b", "c", "d"], [True, False, True, True], masks=masks, grid=(4, 4))
+    assert len(fig.axes) == 8  # the views, then the same views masked
+    assert any("missing" in t.get_text() for t in fig.axes[1].texts)
+    assert not any("missing" in t.get_text() for t in fig.axes[0].texts)
+    shade = fig.axes[4].images[-1].get_array()  # 12 of 16 patches greyed: 3/4 of the pixels
+    assert abs((np.asarray(shade)[..., 3] > 0).mean() - 0.75) < 1e-6
+    plt.close(fig)
+    d = {"target": np.zeros((8, 8)), "masked": np.zeros((8, 8)), "reconstruction": np.ones((8, 8))}
+    fig = viz.reconstruction_panels({"MAE": d, "ALTA": d})
+    assert len(fig.axes) == 6 and fig.axes[5].get_title() == "ALTA: reconstruction"
+    plt.close(fig)
+    fig = viz.learning_curve({"run": [{"step": 10, "i2t_P@5": 0.3}, {"step": 20, "i2t_P@5": 0.4}]}, keys=("i2t_P@5",),
+                             chance=0.2, stop=20)
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_ydata()) == [0.3, 0.4] and len(ax.lines) == 3  # the curve, chance, the stop
+    plt.close(fig)

@@ -127,7 +127,8 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest: str | Path, gal
                  output_dir: str | Path, train_dataset: ManifestDataset | None = None,
                  gallery_dataset: ManifestDataset | None = None, keep_models: Sequence[int] | None = None,
                  on_result: Callable[[RunResult], None] | None = None, ks: Sequence[int] = (1, 5, 10),
-                 text_encoders: dict[str, nn.Module] | None = None) -> list[RunResult]:
+                 text_encoders: dict[str, nn.Module] | None = None, eval_fn: Callable | None = None,
+                 eval_every: int = 0) -> list[RunResult]:
     """Train every variant once per seed and score it on the gallery, one run after the other.
 
     ``variants`` maps a name to an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`
@@ -136,7 +137,8 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest: str | Path, gal
     scoring to keep memory flat. Runs write under ``output_dir/<name>_s<seed>``. Recipes with
     ``cache_text`` and the same text config share one frozen text encoder, so each report is
     encoded once for the whole grid; pass the same ``text_encoders`` dict to several calls to
-    share them across calls too (it is filled in place).
+    share them across calls too (it is filled in place). ``eval_fn`` / ``eval_every``: a learning
+    curve in each run's history (:func:`~medalign_lite.experiments.contrastive.train_alignment`).
     """
     from ..models.text import build_text_encoder
     from .contrastive import build_model, retrieval_eval, train_alignment
@@ -157,7 +159,8 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest: str | Path, gal
                     shared[key] = build_text_encoder(r.text)
                 text = shared[key]
             model = build_model(r, text_encoder=text)
-            res = train_alignment(model, manifest, r, Path(output_dir) / f"{name}_s{seed}", dataset=train_dataset)
+            res = train_alignment(model, manifest, r, Path(output_dir) / f"{name}_s{seed}", dataset=train_dataset,
+                                  eval_fn=eval_fn, eval_every=eval_every)
             scores = retrieval_eval(model, gallery_manifest, r.image_size, ks=ks, dataset=gallery_dataset)
             result = RunResult(name, seed, r, model if seed in keep else None, res.history, scores,
                                time.perf_counter() - t0)
