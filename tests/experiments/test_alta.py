@@ -113,7 +113,7 @@ def test_zero_shot_and_probe_evaluate_any_dual_encoder(tiny_manifest):
     from medalign_lite.eval.zeroshot import CHEXPERT_5X200_CLASSES
     from medalign_lite.experiments.transfer import probe_eval, zero_shot_eval
 
-    from ..methods.fakes import FakeImageEncoder  # noqa: TID252
+    from ..methods.fakes import FakeImageEncoder
 
     folder, df = tiny_manifest
     df = df.assign(**{"class": [CHEXPERT_5X200_CLASSES[i % 5] for i in range(len(df))]})
@@ -137,7 +137,7 @@ def test_zero_shot_and_probe_evaluate_any_dual_encoder(tiny_manifest):
 
     zs = zero_shot_eval(Model(), gallery, n_prompts=3)
     assert 0 <= zs["auroc"] <= 1 and set(zs["per_class_auroc"]) == set(CHEXPERT_5X200_CLASSES)
-    df2 = df.assign(split=["train"] * 4 + ["test"] * 2, **{"Cardiomegaly": ["1", "0"] * 3})
+    df2 = df.assign(split=["train"] * 4 + ["test"] * 2, Cardiomegaly=["1", "0"] * 3)
     write_manifest(df2, folder / "p.csv")
     pr = probe_eval(Model(), folder / "p.csv", 16, fractions=(1.0,))
     assert 0 <= pr[1.0] <= 1 and "Cardiomegaly" in pr["per_class"]
