@@ -29,6 +29,8 @@ OTHER_PARAMETERS = {
     "01_similarity_matrices": {"seed": 5, "methods": ["gloria"], "train_text": "real"},
     "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "written", "ablations": ["full", "no_bcga", "gloria"],
                                "sigma_texts": ["real"], "n_seeds": 1},
+    "04_alta_adapters": {"seed": 3, "ablations": ["full", "frontal_only"], "curve_every": 0,
+                         "overrides": ["model.use_mlm=false"]},
     "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
                     "overrides": ["model.num_beams=1"]},
 }
@@ -143,6 +145,25 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
         claim = metrics["claim/full>no_bcga/i2t_P@5"]  # the claims rule: verdict and interval
         assert claim["verdict"] in ("holds", "reversed", "undecided") and claim["low"] <= claim["diff"] <= claim["high"]
+    if stem == "04_alta_adapters":
+        assert metrics["seeds"] == [seed]
+        assert 0 < metrics["trainable_fraction/tiny"] < 0.2  # the official set at tutorial scale
+        ablations = params.get("ablations", ("full", "full_finetune", "no_masking", "frontal_only", "no_mim_mlm"))
+        for v in ablations:
+            assert 0 <= metrics[f"{v}/i2t_P@5_mean"] <= 1 and 0 <= metrics[f"{v}/t2i_P@5_mean"] <= 1
+            assert metrics[f"{v}/seed{seed}/seconds_per_step"] > 0
+        for name in ("untrained", "alta"):  # the floor beside the method, every score in range
+            for key in ("i2t_P@5", "t2i_P@1", "zeroshot_auroc", "probe_auroc_100", "mask_auroc", "pointing_game"):
+                assert 0 <= metrics[f"{name}/{key}"] <= 1, (name, key)
+            assert metrics[f"{name}/n_phrases"] > 0
+        assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
+        assert metrics["mim_loss/frozen"] > 0 and metrics["mim_loss/alta"] > 0
+        assert metrics["curve"] and all(0 <= row["i2t_P@5"] <= 1 for row in metrics["curve"])
+        for a, b in (("full", "frontal_only"), ("full", "full_finetune"), ("no_masking", "full")):
+            if a in ablations and b in ablations:
+                c = metrics[f"claim/{a}>{b}/i2t_P@5"]
+                assert c["verdict"] in ("holds", "reversed", "undecided") and c["low"] <= c["diff"] <= c["high"]
+                assert c["reading"] in ("supported", "contradicted", "not shown")
     if stem == "05_s2d_full":
         variants = ("progressive", *params.get("ablations", ("joint", "single_stage", "reversed", "without_stage3",
                                                              "independent_memory", "mlp_projector")))

@@ -71,7 +71,7 @@ import contextlib
 import fnmatch
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -667,7 +667,7 @@ def build_alta(config: str | Path = "alta_tiny", overrides: Sequence[str] = (), 
     (``"vision.pretrained=false"``: a random MAE at the config's shape; ``"text.pretrained=false"``
     with ``text.hf_config``: a random BERT). ``vision_pretrained`` replaces the vision section's
     ``pretrained`` (e.g. the tutorial's cached MAE folder)."""
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from ..config import load_config, split_overrides
     from ..models.mae import build_mae
@@ -680,10 +680,17 @@ def build_alta(config: str | Path = "alta_tiny", overrides: Sequence[str] = (), 
     if vision_pretrained is not None:
         vision_cfg = replace(vision_cfg, pretrained=vision_pretrained)
     text_cfg = load_config(TextConfig, config, per["text"], section="text")
-    model = ALTA(build_mae(vision_cfg), build_text_encoder(text_cfg), model_cfg)
-    trainable = ALTA.trainable_patterns(asdict(model_cfg))
+    return set_trainable(ALTA(build_mae(vision_cfg), build_text_encoder(text_cfg), model_cfg))
+
+
+def set_trainable(model: nn.Module, patterns: Sequence[str] | None = None) -> nn.Module:
+    """``requires_grad`` on exactly the parameters matching ``patterns`` (glob patterns; default:
+    the official set of ``model.config``, :meth:`ALTA.trainable_patterns`), as a training stage
+    sets it; returns ``model``."""
+    if patterns is None:
+        patterns = ALTA.trainable_patterns(asdict(model.config))
     for name, p in model.named_parameters():
-        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in trainable))
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
     return model
 
 
@@ -707,6 +714,7 @@ __all__ = [
     "mlm_mask",
     "parameter_table",
     "patchify",
+    "set_trainable",
     "trainable_groups",
     "unpatchify",
 ]

@@ -521,7 +521,9 @@ def test_bench_alta_small_shapes_and_cli(tmp_path, capsys):
                                    "text": {"name": "minilm", "max_length": 12}}))
     res = bench_alta(2, tokens=8, config=str(cfg), text_hf_config=TINY_BERT, repeats=1)
     assert {"trainable_fraction", "trainable_params", "step_ratio", "memory_ratio"} <= set(res)
-    assert res["alta_trainable_params"] == res["trainable_params"] < res["full_trainable_params"] == res["params"]
+    # full fine-tuning trains every weight of the same model without its adapters
+    assert res["alta_trainable_params"] == res["trainable_params"] < res["full_trainable_params"] < res["params"]
+    assert res["params"] - res["full_trainable_params"] == res["groups"]["adapters"]["params"]
     assert res["step_ratio"] > 0 and res["alta_step_s"] > 0 and res["full_step_s"] > 0
     capsys.readouterr()
     assert main(["bench", "alta", "--no-steps", "--json", "--config", str(cfg)]) == 0
