@@ -120,40 +120,47 @@ def _bench_aga(args: argparse.Namespace) -> int:
     from .bench import bench_aga
 
     dims = tuple(int(x) for x in args.gloria_dims.split(",") if x.strip())
+    dtypes = tuple(x.strip() for x in args.dtypes.split(",") if x.strip()) if args.dtypes else None
     res = bench_aga(args.batch_size, args.tokens, args.patches, args.dim, gloria_dims=dims,
-                    device=args.device, dtype=args.dtype, repeats=args.repeats, vision=args.vision,
-                    image_size=args.image_size, encoders=not args.no_encoders, compile=args.compile)
+                    device=args.device, dtypes=dtypes, repeats=args.repeats, vision=args.vision,
+                    image_size=args.image_size, encoders=not args.no_encoders, encoder_batch=args.encoder_batch,
+                    gloria_repeats=args.gloria_repeats, compile=args.compile)
     b = res["B"]
-    print(f"AGA head vs encoders vs GLoRIA local loss, forward + backward, {res['device']}, {res['dtype']}")
-    print(f"B = {b}, T = {res['T']}, P = {res['P']}, d = {res['d']}, median of {res['repeats']}")
+    print(f"AGA head vs encoders vs GLoRIA local loss, forward + backward, {res['device']}")
+    print(f"B = {b}, T = {res['T']}, P = {res['P']}, d = {res['d']}; median of {res['repeats']} "
+          f"(GLoRIA: {res['gloria_repeats']})")
     if b != 48:
-        print(f"note: batch scaled down to B = {b} (paper: 48); the ratios are measured at this B")
+        print(f"note: batch B = {b} (paper: 48); the ratios are measured at this B")
 
     def ms(sec: float) -> str:
         return f"{sec * 1e3:10.2f} ms"
 
-    print(f"  AGA head alone (similarity, gates, IGA, BCGA, global): {ms(res['head_s'])}")
-    if "head_compiled_s" in res:
-        print(f"  AGA head alone, torch.compile:                        {ms(res['head_compiled_s'])}")
-    if "encoders_s" in res:
-        print(f"  encoders ({res['vision']} at {res['image_size']} px, P = {res['encoder_P']}; "
-              f"BERT-base shape, {res['text_layers']} layers, random): {ms(res['encoders_s'])}")
-    if "step_s" in res:
-        print(f"  whole AGA step (encoders + head):                     {ms(res['step_s'])}"
-              f"  -> head adds {ms(res['head_in_step_s'])}")
-        if "step_compiled_s" in res:
-            print(f"  whole AGA step, compiled head:                        {ms(res['step_compiled_s'])}"
-                  f"  -> head adds {ms(res['head_in_step_compiled_s'])}")
-    for dim, sec in res["gloria_s"].items():
-        print(f"  GLoRIA local loss, D = {dim}: {ms(sec)}")
-    for key, what in (("head_share", "head / encoders"), ("vs_gloria", f"head / GLoRIA(D = {dims[0] if dims else '-'})")):
-        for variant, label in (("", "head alone"), ("_in_step", "added to a step"), ("_compiled", "compiled, alone"),
-                               ("_in_step_compiled", "compiled, added to a step")):
-            if key + variant in res:
-                print(f"{key + variant} = {what}, {label} = {res[key + variant]:.4f} (target <= 0.05)")
-    for k, v in res.items():
-        if k.startswith("vs_gloria_d"):
-            print(f"{k} = head / GLoRIA(D = {k[len('vs_gloria_d'):].split('_')[0]}) = {v:.4f}")
+    for dtype, r in res["by_dtype"].items():
+        print(f"[{dtype}]")
+        print(f"  AGA head alone (similarity, gates, IGA, BCGA, global), default: {ms(r['head_s'])}")
+        for suffix, label in (("_eager", "eager (compile=never)"), ("_compiled", "compiled (compile=always)")):
+            if f"head{suffix}_s" in r:
+                print(f"  AGA head alone, {label}: {ms(r[f'head{suffix}_s'])}")
+        if "encoders_s" in r:
+            print(f"  encoders ({res['vision']} at {res['image_size']} px, P = {res['encoder_P']}; "
+                  f"BERT-base shape, {res['text_layers']} layers, random), B = {b}: {ms(r['encoders_s'])}")
+            if r["encoders_extrapolated"]:
+                print(f"    scaled down: measured on {r['encoders_measured_B']} pairs and extrapolated per pair "
+                      f"to B = {b} (a CPU runs the samples one after the other)")
+        for suffix in ("", "_eager"):
+            if f"step{suffix}_s" in r:
+                print(f"  whole AGA step{suffix.replace('_', ', ')} (encoders + head): {ms(r[f'step{suffix}_s'])}"
+                      f"  -> head adds {ms(r[f'head_in_step{suffix}_s'])}")
+        for dim, sec in r["gloria_s"].items():
+            print(f"  GLoRIA local loss, D = {dim}: {ms(sec)}")
+        for key, what in (("head_share", "head / encoders"),
+                          ("vs_gloria", f"head / GLoRIA(D = {dims[0] if dims else '-'})")):
+            for variant in ("", "_in_step", "_eager", "_in_step_eager", "_compiled"):
+                if key + variant in r:
+                    print(f"  {key + variant} = {what} = {r[key + variant]:.4f} (target <= 0.05)")
+        for k, v in r.items():
+            if k.startswith("vs_gloria_d"):
+                print(f"  {k} = head / GLoRIA(D = {k[len('vs_gloria_d'):].split('_')[0]}) = {v:.4f}")
     if args.json:
         print(json.dumps(res))
     return 0
@@ -189,7 +196,7 @@ def _bench_s2d_generate(args: argparse.Namespace) -> int:
 def _bench_alta(args: argparse.Namespace) -> int:
     import json
 
-    from .bench import bench_alta
+    from .bench.alta import bench_alta
 
     res = bench_alta(args.batch_size, args.tokens, device=args.device, dtype=args.dtype, repeats=args.repeats,
                      config=args.config, threads=args.threads, steps=not args.no_steps)
@@ -211,6 +218,46 @@ def _bench_alta(args: argparse.Namespace) -> int:
         print(f"step_ratio = {res['step_ratio']:.3f} (target <= 0.35), memory_ratio = {res['memory_ratio']:.3f} (target < 1)")
     if args.json:
         print(json.dumps(res))
+    return 0
+
+
+def _bench_train_step(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench.train_step import bench_train_step
+    from .methods import list_methods
+
+    names = list_methods() if args.method == "all" else [args.method]
+    results, skipped = [], {}
+    for name in names:
+        try:
+            res = bench_train_step(name, steps=args.steps, warmup=args.warmup, config=args.config,
+                                   overrides=tuple(args.set), manifest=args.manifest, device=args.device,
+                                   threads=args.threads, seed=args.seed)
+        except ValueError as e:
+            if args.method != "all" or "no training-step setup" not in str(e):
+                raise
+            skipped[name] = str(e)
+            continue
+        results.append(res)
+        print(f"{name} ({res['config']}), {res['device']}, {res['threads']} thread(s), batch {res['batch_size']}; "
+              f"mean of {res['steps']} steps after {res['warmup']} per stage; load average {res['load_avg']}")
+        for note in res["notes"]:
+            print(f"  {note}")
+        print(f"  {'run':<7}{'stage':<18}{'steps/s':>8}{'ms/step':>9}  {'data':>6}{'encoders':>9}{'head/loss':>10}"
+              f"{'optimizer':>10}{'other':>7}  {'default budget':>15}")
+        for run, stages in res["runs"].items():
+            for stage, s in stages.items():
+                sh = s["shares"]
+                budget = res["budget_steps"].get(stage)
+                when = f"{budget} steps ~{budget / s['steps_per_s'] / 60:.1f} min" if budget else "-"
+                print(f"  {run:<7}{stage:<18}{s['steps_per_s']:>8.2f}{s['step_s'] * 1e3:>9.0f}  {sh['data']:>6.0%}"
+                      f"{sh['encoders']:>9.0%}{sh['head_loss']:>10.0%}{sh['optimizer']:>10.0%}{sh['other']:>7.0%}  {when:>15}")
+        print("  first: the run that fills the caches a notebook's runs share; second: every later run")
+    for name, why in skipped.items():
+        print(f"{name}: not profiled ({why})")
+    if args.json:
+        print(json.dumps(results if args.method == "all" else results[0]))
     return 0
 
 
@@ -290,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_bench_gloria)
 
     a = bench.add_parser("aga", help="AGA head vs encoders vs GLoRIA local loss at paper shapes (ratios)")
-    a.add_argument("--batch-size", type=int, default=None, help="B (default: 48 on cuda, 8 on cpu)")
+    a.add_argument("--batch-size", type=int, default=48, help="B (the paper's 48)")
     a.add_argument("--tokens", type=int, default=97, help="T (97, as GLoRIA/MGCA)")
     a.add_argument("--patches", type=int, default=361, help="P of the head and GLoRIA (ResNet-50 layer3 at 299 px)")
     a.add_argument("--dim", type=int, default=128, help="d (AGA projects to 128)")
@@ -298,13 +345,34 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--vision", default="timm:resnet50", help="image encoder (random weights)")
     a.add_argument("--image-size", type=int, default=299)
     a.add_argument("--no-encoders", action="store_true", help="skip the encoders (no head_share)")
+    a.add_argument("--encoder-batch", type=int, default=None,
+                   help="pairs the encoders run on, extrapolated to B (default: B on cuda, 2 on cpu)")
+    a.add_argument("--gloria-repeats", type=int, default=None,
+                   help="GLoRIA's timed runs (default: --repeats on cuda, 1 on cpu, where B = 48 takes minutes)")
     a.add_argument("--compile", action="store_true",
-                   help="also time torch.compile(head) (CUDA graphs on cuda; minutes to compile on cpu)")
+                   help="on cpu also time the head compiled by inductor (minutes to compile; cuda compiles by default)")
     a.add_argument("--device", default="cpu")
-    a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a.add_argument("--dtypes", default=None,
+                   help="comma-separated (default: float32,bfloat16 on cuda, float32 on cpu)")
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--json", action="store_true", help="last line: the result as JSON")
     a.set_defaults(func=_bench_aga)
+
+    ts = bench.add_parser("train-step", help="one training step of a registered method at its tutorial config, "
+                                            "phase by phase (data, encoders, head/loss, optimizer)")
+    ts.add_argument("--method", required=True, help="a registered method (medalign methods), or 'all'")
+    ts.add_argument("--config", default=None, help="config name or YAML path (default: <method>_tiny)")
+    ts.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config override, e.g. data.cache_text=true (repeatable)")
+    ts.add_argument("--steps", type=_positive_int, default=10, help="steps measured per stage and run")
+    ts.add_argument("--warmup", type=int, default=2, help="steps left out first, per stage and run")
+    ts.add_argument("--manifest", default=None, help="training manifest (default: IU-Phantom, 224 px)")
+    ts.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: the notebook's: 1 for s2d, else torch's)")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--device", default="cpu")
+    ts.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    ts.set_defaults(func=_bench_train_step)
 
     s = bench.add_parser("s2d-generate", help="S2D-ALIGN report generation speed (beam search, KV cache)")
     s.add_argument("--n-reports", type=int, default=256)

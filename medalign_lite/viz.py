@@ -252,6 +252,63 @@ def threshold_curves(histories: dict[str, Sequence[dict]], keys: Sequence[str] =
     return fig
 
 
+def learning_curves(curves: dict[str, Sequence[tuple[Sequence[int], Sequence[float]]]], ylabel: str = "validation P@5",
+                    stop: int | None = None, references: dict[str, float] | None = None,
+                    title: str = "learning curves") -> plt.Figure:
+    """Validation score against optimizer steps: for each system, one thin line per seed and
+    their mean in bold (seeds evaluated at the same steps). ``stop``: where the default run
+    stops (a dashed vertical line; a longer run shows what lies beyond it); ``references``:
+    horizontal lines, e.g. ``{"supervised ceiling": 0.8, "untrained": 0.2}``."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for k, (name, runs) in enumerate(curves.items()):
+        color = _COLORS[k % len(_COLORS)]
+        runs = [(np.asarray(x), np.asarray(y, dtype=float)) for x, y in runs if len(x)]
+        for x, y in runs:
+            ax.plot(x, y, color=color, lw=0.6, alpha=0.45)
+        if runs:
+            n = min(len(x) for x, _ in runs)
+            mean = np.mean([y[:n] for _, y in runs], axis=0)
+            label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            ax.plot(runs[0][0][:n], mean, color=color, lw=1.8, marker="o", ms=3, label=label)
+    for k, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=("black", "grey", "darkgrey")[k % 3], ls=(":", "--", "-.")[k % 3], lw=0.9, label=name)
+    if stop is not None:
+        ax.axvline(stop, color="red", ls="--", lw=0.8, label=f"default run stops ({stop} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def normalized_similarity_histograms(values: dict[str, dict[str, np.ndarray]],
+                                     sigmas: dict[str, dict[str, float]] | None = None, bins: int = 40,
+                                     title: str = "min-max normalised similarities") -> plt.Figure:
+    """One panel per gate (``"tg"``: each token's similarities normalised over patches; ``"vg"``:
+    each patch's over tokens): for every report style, the histogram (a density) of the
+    normalised values, their mean S̄ (dashed: what σ follows) and the trained σ (solid).
+    ``values``: style → {"tg": array, "vg": array}; ``sigmas``: style → {"tg": σ, "vg": σ}."""
+    gates = ("tg", "vg")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    for ax, gate in zip(axes[0], gates):
+        for k, (style, v) in enumerate(values.items()):
+            color = _COLORS[k % len(_COLORS)]
+            x = np.asarray(v[gate], dtype=float)
+            ax.hist(x, bins=bins, range=(0, 1), density=True, histtype="step", color=color, lw=1.4, label=style)
+            ax.axvline(x.mean(), color=color, ls="--", lw=1, label=f"{style}: S̄ {x.mean():.2f}")
+            if sigmas and style in sigmas:
+                ax.axvline(sigmas[style][gate], color=color, ls="-", lw=1.8, alpha=0.6,
+                           label=f"{style}: σ {sigmas[style][gate]:.2f}")
+        ax.set_title({"tg": "TGV gate: each token over the patches", "vg": "PGL gate: each patch over the tokens"}[gate],
+                     fontsize=9)
+        ax.set_xlabel("normalised similarity")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"), chance: float | None = None,
                   title: str = "ablations") -> plt.Figure:
     """Grouped bars of ``<key> mean`` with ``<key> std`` error bars, one group per variant
@@ -277,14 +334,21 @@ def ablation_bars(table, keys: Sequence[str] = ("i2t_P@1", "i2t_P@5", "i2t_P@10"
 def threshold_explorer(normalized: np.ndarray, words: Sequence[str], sigma: float = 0.5):
     """An ipywidgets slider over σ that redraws the gated matrix and the group sizes of one
     pair's normalised (T, P) similarities. Returns the widget (None without ipywidgets); it
-    does nothing headless, so notebooks draw a static figure first."""
+    does nothing headless, so notebooks draw a static figure first.
+
+    The picture is a PNG in an ``Image`` widget that the slider replaces, not an ``Output``
+    widget around ``plt.show()`` (``ipywidgets.interactive``): headless executors capture an
+    Output widget's messages specially, and nbclient can wait for ever on such a cell
+    (jupyter/nbclient#312, nteract/papermill#723 — it hung notebook 02 here)."""
     try:
         import ipywidgets as widgets
     except ImportError:  # pragma: no cover - the notebooks extra installs it
         return None
+    import io
+
     a = np.asarray(normalized, dtype=float)[: len(words)]
 
-    def draw(s: float):
+    def render(s: float) -> bytes:
         gated = np.where(a >= s, a, 0.0)
         sizes = np.maximum((a >= s).sum(1), 1)
         fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 0.22 * len(words) + 1.5),
@@ -293,10 +357,16 @@ def threshold_explorer(normalized: np.ndarray, words: Sequence[str], sigma: floa
         ax1.barh(range(len(words)), sizes, color=_COLORS[0])
         ax1.set_xlabel("patches kept")
         fig.tight_layout()
-        plt.show()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        return buf.getvalue()
 
-    return widgets.interactive(draw, s=widgets.FloatSlider(value=float(sigma), min=0.0, max=1.0, step=0.01,
-                                                           description="σ_tg"))
+    slider = widgets.FloatSlider(value=float(sigma), min=0.0, max=1.0, step=0.01, description="σ_tg",
+                                 continuous_update=False)
+    image = widgets.Image(value=render(float(sigma)), format="png")
+    slider.observe(lambda change: setattr(image, "value", render(float(change["new"]))), names="value")
+    return widgets.VBox([slider, image])
 
 
 # --- S2D-ALIGN: where the memory queries look -----------------------------------------------
@@ -448,24 +518,3 @@ def reconstruction_panels(rows: dict[str, dict], title: str = "masked image mode
     return fig
 
 
-def learning_curve(curves: dict[str, Sequence[dict]], keys: Sequence[str] = ("i2t_P@5", "t2i_P@5"),
-                   x: str = "step", chance: float | None = None, stop: float | None = None,
-                   title: str = "validation retrieval against steps") -> plt.Figure:
-    """Validation scores against training steps, one line per run and key; ``stop`` marks where
-    the default run ends, ``chance`` the chance level."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for i, (name, rows) in enumerate(curves.items()):
-        for j, k in enumerate(keys):
-            pts = [(r[x], r[k]) for r in rows if k in r]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=1, ls=("-", "--", ":")[j % 3],
-                        color=_COLORS[i % len(_COLORS)], label=f"{name} {k}")
-    if chance is not None:
-        ax.axhline(chance, color="grey", ls="--", lw=0.8, label="chance")
-    if stop is not None:
-        ax.axvline(stop, color="black", ls=":", lw=0.8, label="default stops")
-    ax.set_xlabel(x)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

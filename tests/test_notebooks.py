@@ -26,10 +26,11 @@ UPDATE = os.environ.get("UPDATE_NOTEBOOK_OUTPUTS") == "1"
 #: Values a user is invited to change, other than the defaults (papermill parameters).
 OTHER_PARAMETERS = {
     "00_data_tour": {"seed": 3, "gallery_seed": 2},
-    "01_similarity_matrices": {"seed": 5, "methods": ["gloria"], "train_text": "real"},
-    "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "written", "ablations": ["full", "no_bcga", "gloria"],
-                               "sigma_texts": ["real"], "n_seeds": 1},
-    "04_alta_adapters": {"seed": 3, "ablations": ["full", "frontal_only"], "curve_every": 0,
+    "01_similarity_matrices": {"seed": 5, "methods": ["gloria"], "train_text": "real", "n_seeds": 1, "workers": 1,
+                               "eval_every": 0},
+    "02_aga_gating_iga_bcga": {"seed": 10, "train_text": "real", "ablations": ["full", "no_bcga", "gloria"],
+                               "sigma_texts": ["structured"], "n_seeds": 1, "workers": 1},
+    "04_alta_adapters": {"seed": 3, "ablations": ["full", "frontal_only"], "eval_every": 0,
                          "overrides": ["model.use_mlm=false"]},
     "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
                     "overrides": ["model.num_beams=1"]},
@@ -127,24 +128,39 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         assert metrics["demo_validation_problems"] >= 5
         assert 0 < metrics["frac_fully_rendered"] <= 1
     if stem == "01_similarity_matrices":
-        for name in ("random", *params.get("methods", ("convirt", "gloria"))):
+        methods = params.get("methods", ("convirt", "gloria"))
+        n_seeds = min(params.get("n_seeds", 3), 2)
+        assert metrics["seeds"] == [seed + i for i in range(n_seeds)]
+        for name in ("random", *methods):
             assert 0 <= metrics[f"{name}/i2t_P@5"] <= 1
+        for name in methods:  # every seed scored, its learning curve logged (every 2 steps in smoke mode, and the end)
+            assert all(0 <= metrics[f"{name}/seed{s}/i2t_P@5"] <= 1 for s in metrics["seeds"])
+            assert metrics[f"{name}/i2t_P@5_std"] >= 0
+            curve = metrics[f"{name}/curve"][f"seed{seed}"]
+            assert list(curve) == (["2", "3"] if params.get("eval_every", 100) else ["3"])
+        assert metrics["extra_studies"] == 4000 and metrics["n_train"] > 48  # IU-Phantom + IU-Phantom-extra
         assert metrics["gloria/n_phrases"] > 0 and 0 <= metrics["gloria/mask_auroc"] <= 1
+        assert 0 <= metrics["gloria/pointing_patch"] <= 1 and 0 <= metrics["untrained/pointing"] <= 1
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1  # the supervised ceiling beside the methods
         assert 0 < metrics["supervised ceiling/n_phrases"] <= metrics["gloria/n_phrases"]
+        assert metrics["gloria/ceiling_phrases/phrases"] == metrics["supervised ceiling/n_phrases"]
     if stem == "02_aga_gating_iga_bcga":
         n_seeds = min(params.get("n_seeds", 3), 2)
         assert metrics["seeds"] == [seed + i for i in range(n_seeds)]
         for v in params.get("ablations", ("full", "no_bcga", "no_iga", "fixed_thresholds", "global_only", "gloria")):
             assert 0 <= metrics[f"{v}/i2t_P@5_mean"] <= 1 and metrics[f"{v}/i2t_P@5_std"] >= 0
             assert all(f"{v}/seed{s}/i2t_P@5" in metrics for s in metrics["seeds"])
-        text = params.get("train_text", "real")
+        text = params.get("train_text", "written")
         for style in dict.fromkeys([text, *params.get("sigma_texts", ["structured"])]):
             assert 0 < metrics[f"sigma_tg/{style}"] < 1.5 and 0 < metrics[f"sigma_vg/{style}"] < 1.5
+            assert 0 <= metrics[f"s_bar_tg/{style}"] <= 1
         assert metrics["grad_norm/untrained/IGA"] > 0 and metrics["full/pointing_game"] >= 0
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
+        assert metrics["full/curve"][f"seed{seed}"]  # learning curves
         claim = metrics["claim/full>no_bcga/i2t_P@5"]  # the claims rule: verdict and interval
         assert claim["verdict"] in ("holds", "reversed", "undecided") and claim["low"] <= claim["diff"] <= claim["high"]
+        sigma = metrics[f"claim/structured>{text}/S_bar_tg_per_pair"]  # the σ study, the same rule
+        assert sigma["verdict"] in ("holds", "reversed", "undecided") and sigma["seeds"] == n_seeds
     if stem == "04_alta_adapters":
         assert metrics["seeds"] == [seed]
         assert 0 < metrics["trainable_fraction/tiny"] < 0.2  # the official set at tutorial scale
@@ -158,7 +174,8 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
             assert metrics[f"{name}/n_phrases"] > 0
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
         assert metrics["mim_loss/frozen"] > 0 and metrics["mim_loss/alta"] > 0
-        assert metrics["curve"] and all(0 <= row["i2t_P@5"] <= 1 for row in metrics["curve"])
+        curve = metrics["full/curve"][f"seed{seed}"]  # the learning curve on the validation gallery
+        assert curve and all(0 <= v <= 1 for v in curve.values())
         for a, b in (("full", "frontal_only"), ("full", "full_finetune"), ("no_masking", "full")):
             if a in ablations and b in ablations:
                 c = metrics[f"claim/{a}>{b}/i2t_P@5"]

@@ -103,6 +103,35 @@ def test_killed_and_resumed_run_is_identical(tmp_path, uninterrupted, k):
     assert strip(rows) == strip(ref.history)  # the file was rewound to the checkpoint, not duplicated
 
 
+def test_recorded_steps_time_every_phase_and_change_nothing(tmp_path, uninterrupted):
+    """record_steps: one row per optimizer step (4 + 4 + 3, accumulation included) with every
+    phase, the stage, the global step and whether it checkpointed; the run's losses and weights
+    are those of the unrecorded run, and no trainer outside the block records anything."""
+    from medalign_lite.train import PHASES, record_steps
+    from medalign_lite.train.timing import active_timer
+
+    _, ref_model, ref = uninterrupted
+    model = TinyNet(dropout=0.3)
+    with record_steps() as timer:
+        assert active_timer() is timer
+        result = Trainer(model, NoisyRegression(n=28), config(tmp_path)).fit(resume=False)
+    assert active_timer() is None
+    assert losses(result.history) == losses(ref.history)
+    assert all(torch.equal(model.state_dict()[n], w) for n, w in ref_model.state_dict().items())
+    assert [s["global_step"] for s in timer.steps] == list(range(1, 12))
+    assert [s["stage"] for s in timer.steps] == ["heads"] * 8 + ["all"] * 3
+    assert all(s["checkpoint"] for s in timer.steps)  # save_every=1
+    for s in timer.steps:
+        assert set(PHASES) <= set(s) and all(s[p] >= 0 and s[f"cpu/{p}"] >= 0 for p in PHASES), s
+    # phases tile the step: their sum is the wall time between the first batch and the last step's end
+    t0 = __import__("time").perf_counter()
+    with record_steps() as timer:
+        Trainer(TinyNet(dropout=0.3), NoisyRegression(n=28), config(tmp_path / "b", save_every=0)).fit(resume=False)
+    total = __import__("time").perf_counter() - t0
+    assert 0 < sum(s[p] for s in timer.steps for p in PHASES) < total
+    assert [s["checkpoint"] for s in timer.steps] == [False] * 7 + [True] + [False] * 2 + [True]
+
+
 def test_resume_needs_restored_rng(tmp_path, uninterrupted, monkeypatch):
     """The test above can fail: without restoring the generators the losses after k differ."""
     import medalign_lite.train as train_mod
@@ -239,6 +268,22 @@ def test_sampler_and_seeded_items():
     assert torch.equal(torch.get_rng_state(), before)  # loading does not move the caller's generator
     assert torch.equal(items[(0, 0, 4)]["x"], x1)  # same position, same augmentation
     assert not torch.equal(items[(0, 1, 4)]["x"], x1)  # next epoch, new augmentation
+
+    class Fixed(Dataset):  # says it draws no random number: read directly, no generator seeded
+        deterministic = True
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"state": torch.get_rng_state()}
+
+    torch.manual_seed(0)
+    assert torch.equal(SeededItems(Fixed(), seed=3)[(0, 0, 1)]["state"], torch.get_rng_state())
+    noisy = NoisyRegression(n=10)
+    noisy.deterministic = False  # only a True flag skips the seeding
+    assert torch.equal(SeededItems(noisy, seed=3)[(0, 0, 4)]["x"], x1)
+
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
             return iter(range(3))

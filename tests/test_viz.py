@@ -74,7 +74,11 @@ def test_aga_figures_have_their_panels():
     fig = viz.ablation_bars(table, keys=("i2t_P@5",), chance=0.2)
     assert len(fig.axes[0].patches) == 2
     w = viz.threshold_explorer(s, ["a", "b", "c", "d"], 0.4)
-    assert w is not None and w.children[0].value == 0.4
+    slider, image = w.children
+    assert slider.value == 0.4 and image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    before = image.value
+    slider.value = 0.9  # the slider redraws the picture
+    assert image.value != before and image.value[:4] == b"\x89PNG"
 
 
 def test_memory_attention_grid_one_panel_per_query_and_the_image():
@@ -113,8 +117,31 @@ def test_alta_figures_draw_what_they_say():
     fig = viz.reconstruction_panels({"MAE": d, "ALTA": d})
     assert len(fig.axes) == 6 and fig.axes[5].get_title() == "ALTA: reconstruction"
     plt.close(fig)
-    fig = viz.learning_curve({"run": [{"step": 10, "i2t_P@5": 0.3}, {"step": 20, "i2t_P@5": 0.4}]}, keys=("i2t_P@5",),
-                             chance=0.2, stop=20)
+
+
+def test_learning_curves_draw_each_seed_their_mean_the_stop_and_the_references():
+    curves = {"full": [([100, 200, 300], [0.3, 0.5, 0.6]), ([100, 200, 300], [0.4, 0.5, 0.7])],
+              "gloria": [([100, 200, 300], [0.2, 0.3, 0.4])]}
+    fig = viz.learning_curves(curves, stop=200, references={"supervised ceiling": 0.8, "untrained": 0.2})
     ax = fig.axes[0]
-    assert list(ax.lines[0].get_ydata()) == [0.3, 0.4] and len(ax.lines) == 3  # the curve, chance, the stop
+    lines = {line.get_label(): line for line in ax.lines}
+    mean = lines["full (2 seeds)"]
+    assert list(mean.get_xdata()) == [100, 200, 300] and np.allclose(mean.get_ydata(), [0.35, 0.5, 0.65])
+    assert list(lines["gloria (1 seed)"].get_ydata()) == [0.2, 0.3, 0.4]
+    assert list(lines["default run stops (200 steps)"].get_xdata()) == [200, 200]
+    assert list(lines["supervised ceiling"].get_ydata()) == [0.8, 0.8]
+    assert len(ax.lines) == 3 + 2 + 3  # per-seed lines, two means, the stop and two references
+    plt.close(fig)
+
+
+def test_normalized_similarity_histograms_mark_each_styles_mean_and_sigma():
+    rng = np.random.default_rng(0)
+    values = {"written": {"tg": rng.beta(1, 3, 500), "vg": rng.beta(1, 3, 500)},
+              "structured": {"tg": rng.beta(3, 1, 500), "vg": rng.beta(3, 1, 500)}}
+    fig = viz.normalized_similarity_histograms(values, sigmas={"written": {"tg": 0.2, "vg": 0.3}})
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.lines]
+    assert f"written: S̄ {values['written']['tg'].mean():.2f}" in labels and "written: σ 0.20" in labels
+    assert not any(lab.startswith("structured: σ") for lab in labels)  # no σ given for it
+    assert len(ax.patches) == 2  # one step histogram per style
     plt.close(fig)

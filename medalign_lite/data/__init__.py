@@ -76,3 +76,17 @@ def ensure_dataset(name: str, size: int | None = 224, limit: int | None = None, 
         path = Path(build(out, root=root, size=size, limit=limit, seed=seed, progress=progress))
         atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(want)))
     return path
+
+
+def ensure_iu_phantom(extra: int = 0, size: int | None = 224, limit: int | None = None, seed: int = 0,
+                      progress: bool = True) -> list[Path]:
+    """The manifests of an IU-Phantom training run: ``[IU-Phantom]``, and with ``extra`` > 0
+    ``[IU-Phantom, IU-Phantom-extra]`` — ``extra`` more *training* studies drawn from IU-Phantom's
+    training finding lists (:mod:`.builders.iu_phantom_extra`), the same ``seed`` and ``size``.
+    A :class:`~.dataset.ManifestDataset` reads the list as one table; IU-Phantom's splits are
+    unchanged (every extra study is ``train``). ``limit`` caps both (smoke runs)."""
+    manifests = [ensure_dataset("iu-phantom", size=size, limit=limit, seed=seed, progress=progress)]
+    if extra:
+        n = min(int(extra), int(limit)) if limit else int(extra)
+        manifests.append(ensure_dataset("iu-phantom-extra", size=size, limit=n, seed=seed, progress=progress))
+    return manifests

@@ -13,6 +13,7 @@ study of the batch has it; when only some studies have it, the missing ones are 
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -26,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .manifest import LABEL_COLUMNS, load_manifest
+from .manifest import LABEL_COLUMNS, PATH_COLUMNS, load_manifest
 from .masks import load_masks
 
 #: Chest X-ray intensity statistics (ALTA/MRM use these for 8-bit radiographs).
@@ -119,11 +120,40 @@ def build_transform(image_size: int, train: bool, mean: float = CXR_MEAN, std: f
     return v2.Compose([*geo, *photo, *tail])
 
 
+def combine_manifests(manifests: Sequence[str | Path | pd.DataFrame]) -> pd.DataFrame:
+    """Several manifests as one table (e.g. IU-Phantom and IU-Phantom-extra for training):
+    rows in order, each image and mask path made absolute from its own manifest's folder, a
+    column missing from one manifest blank in its rows. Study ids must be unique across them
+    (a ``ValueError`` names the first duplicate and both manifests)."""
+    frames, origin = [], {}
+    for m in manifests:
+        df = (m if isinstance(m, pd.DataFrame) else load_manifest(m)).copy()
+        root = Path(df.attrs.get("root", "."))
+        name = str(m) if not isinstance(m, pd.DataFrame) else str(root)
+        for sid in df["study_id"]:
+            if sid in origin:
+                raise ValueError(f"study id {sid!r} is in both {origin[sid]} and {name}: manifests combined "
+                                 "for one dataset need distinct study ids")
+            origin[sid] = name
+        for c in PATH_COLUMNS:
+            if c in df.columns:
+                df[c] = [str(root / v) if isinstance(v, str) and v else v for v in df[c]]
+        frames.append(df)
+    if not frames:
+        raise ValueError("no manifest to combine")
+    out = pd.concat(frames, ignore_index=True)
+    text = [c for c in out.columns if c not in LABEL_COLUMNS]
+    out[text] = out[text].fillna("")
+    out.attrs["root"] = frames[0].attrs.get("root", ".")
+    return out
+
+
 class ManifestDataset(Dataset):
     """Studies of one split of a manifest.
 
     Args:
-        manifest: path of a manifest CSV, or a loaded DataFrame (``df.attrs["root"]`` set).
+        manifest: path of a manifest CSV, a loaded DataFrame (``df.attrs["root"]`` set), or a
+            list of either, read as one (:func:`combine_manifests`).
         split: ``train`` / ``val`` / ``test``, or None for every row.
         views: image columns to load; ``frontal`` always, plus any of ``lateral``,
             ``prior_frontal``, ``prior_lateral``.
@@ -137,16 +167,23 @@ class ManifestDataset(Dataset):
             training transform is random, so caching it would freeze one augmentation). For
             the many short runs of an ablation on one dataset; 2,749 studies at 96 px are
             about 100 MB.
+
+    ``deterministic`` is True when reading an item draws no random number (the eval
+    transform, no custom one): the trainer then reads it without seeding generators for it.
     """
 
-    def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = "train",
+    def __init__(self, manifest: str | Path | pd.DataFrame | Sequence[str | Path | pd.DataFrame],
+                 split: str | None = "train",
                  views: Sequence[str] = ("frontal",), text_columns: Sequence[str] = ("findings", "impression"),
                  masks: bool = False, prior_report: bool = False, image_size: int = 224,
                  train: bool = False, channels: int = 1, mean: float = CXR_MEAN, std: float = CXR_STD,
                  transform: Callable | None = None, cache: bool = False):
         if cache and (train or transform is not None):
             raise ValueError("cache=True needs the deterministic eval transform (train=False, no custom transform)")
-        df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
+        if isinstance(manifest, (list, tuple)):
+            df = combine_manifests(manifest)
+        else:
+            df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
         self.root = Path(df.attrs.get("root", "."))
         unknown = [v for v in views if v != "frontal" and v not in OPTIONAL_VIEWS]
         if unknown:
@@ -162,6 +199,7 @@ class ManifestDataset(Dataset):
         self.masks = masks
         self.prior_report = prior_report
         self.transform = transform or build_transform(image_size, train, mean, std, channels)
+        self.deterministic = not train and transform is None
         self.labels = torch.tensor(self.df[list(LABEL_COLUMNS)].to_numpy(dtype=np.float32))
         self.texts = [" ".join(t for t in (str(row[c]).strip() for c in self.text_columns) if t)
                       for _, row in self.df[list(self.text_columns)].iterrows()]
@@ -178,8 +216,21 @@ class ManifestDataset(Dataset):
         if self._items is not None:
             if i not in self._items:
                 self._items[i] = self._load(i)
-            return dict(self._items[i])
+            return {**self._items[i], "text": self.texts[i]}  # the text is this dataset's own (see with_text)
         return self._load(i)
+
+    def with_text(self, text_columns: Sequence[str]) -> ManifestDataset:
+        """The same studies, images and item cache, reading the report from ``text_columns``
+        instead (e.g. the same phantoms with free-text and with structured reports: one
+        in-memory copy of the images for both)."""
+        missing = [c for c in text_columns if c not in self.df.columns]
+        if missing:
+            raise ValueError(f"text column(s) {missing} not in the manifest (columns: {list(self.df.columns)})")
+        other = copy.copy(self)
+        other.text_columns = tuple(text_columns)
+        other.texts = [" ".join(t for t in (str(row[c]).strip() for c in other.text_columns) if t)
+                       for _, row in self.df[list(other.text_columns)].iterrows()]
+        return other
 
     def _load(self, i: int) -> dict:
         row = self.df.iloc[i]

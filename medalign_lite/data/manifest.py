@@ -75,6 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in (
         DatasetSpec("iu-phantom", True, True, "IU X-Ray reports + rendered phantoms (embedded default)"),
+        DatasetSpec("iu-phantom-extra", True, True, "more IU-Phantom training studies, kind-balanced"),
         DatasetSpec("phantom-5x200", True, True, "5 classes x 200 phantom studies with written reports"),
         DatasetSpec("mimic-cxr", True, False, "MIMIC-CXR-JPG v2 with sectioned reports"),
         DatasetSpec("chexpert-5x200", False, False, "CheXpert 5x200 retrieval/zero-shot set (GLoRIA rule)"),

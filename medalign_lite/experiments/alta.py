@@ -27,8 +27,7 @@ from .contrastive import AlignmentRecipe, recipe_from_config
 from .pretrain import MAEPretrainConfig, pretrained_mae
 
 __all__ = ["ALL_VIEWS", "CLAIMS", "SMOKE_OVERRIDES", "VARIANTS", "Variant", "alta_claims", "build_ceiling",
-           "curve_eval", "learning_curve", "mae_settings", "paper_reading", "prepare_mae", "seconds_per_step",
-           "train_dataset", "variant_recipes"]
+           "mae_settings", "paper_reading", "prepare_mae", "seconds_per_step", "train_dataset", "variant_recipes"]
 
 #: The four views of a study, as ``ManifestDataset(views=...)`` loads them.
 ALL_VIEWS: tuple[str, ...] = ("frontal", "lateral", "prior_frontal", "prior_lateral")
@@ -187,27 +186,19 @@ def build_ceiling(recipe: AlignmentRecipe):
     return LabelCeiling(vision)
 
 
-def curve_eval(gallery_manifest: str | Path, gallery, image_size: int, ks: Sequence[int] = (1, 5)):
-    """An ``eval_fn`` for the trainer: retrieval P@K both ways on a validation gallery (a
-    Phantom-5×200 build with another seed than the test gallery's), for a learning curve."""
-    from .contrastive import retrieval_eval
-
-    def fn(model) -> dict:
-        was = model.training
-        scores = retrieval_eval(model, gallery_manifest, image_size, ks=ks, dataset=gallery)
-        model.train(was)
-        return {k: v for k, v in scores.items() if isinstance(v, float) and "_P@" in k}
-
-    return fn
-
-
-def learning_curve(history: Sequence[dict]) -> list[dict]:
-    """The ``eval/*`` rows of a run's history as ``{"step", <score>: …}`` (for :func:`viz.learning_curve`)."""
-    return [{"step": r["global_step"], **{k[5:]: v for k, v in r.items() if k.startswith("eval/")}}
-            for r in history if any(k.startswith("eval/") for k in r)]
-
-
 def seconds_per_step(history: Sequence[dict]) -> float:
-    """Training seconds per optimizer step of a run (the trainer's ``time`` at its last logged step)."""
-    rows = [r for r in history if "time" in r and "global_step" in r]
-    return rows[-1]["time"] / max(1, rows[-1]["global_step"]) if rows else float("nan")
+    """Training seconds per optimizer step of a run: the median over its logged intervals of
+    Δ``time`` / Δ``global_step`` (the trainer's elapsed clock), leaving out every interval that
+    starts at a learning-curve evaluation (its clock includes the evaluation), so that a run with a
+    curve and one without compare."""
+    import statistics
+
+    evals = {r["global_step"] for r in history if any(k.startswith("eval/") for k in r)}
+    rows = [r for r in history if "time" in r and "global_step" in r and not any(k.startswith("eval/") for k in r)]
+    rates, prev = [], (0, 0.0)
+    for r in rows:
+        step, t = r["global_step"], r["time"]
+        if step > prev[0] and prev[0] not in evals:
+            rates.append((t - prev[1]) / (step - prev[0]))
+        prev = (step, t)
+    return statistics.median(rates) if rates else float("nan")

@@ -5,10 +5,14 @@ it learned? The ceiling answers with the same encoder (a method recipe's ``visio
 image size, trained from the same seed with the recipe's batch size, epochs, step cap and
 learning rate) trained on the manifest's 14 CheXpert labels instead of the reports:
 
-- :class:`LabelCeiling`: the encoder's patches V ∈ R^{P×D} → a linear head, logits
-  z_c = mean_p (w_cᵀ v_p + b_c) (B, 14), binary cross-entropy over the labelled entries.
-  Classifying the *mean of the patches' scores* makes the class activation map exact:
-  CAM_c(p) = w_cᵀ v_p + b_c is the map whose mean is the logit (:meth:`LabelCeiling.cam`).
+- :class:`LabelCeiling`: the encoder's two outputs that the methods align — its pooled vector
+  g and its patches V ∈ R^{P×D} — each get a linear head: z^g_c = u_cᵀ g + a_c and
+  z^l_c = mean_p (w_cᵀ v_p + b_c) (B, 14), trained by the sum of their binary cross-entropies
+  over the labelled entries. Classifying the *mean of the patches' scores* makes the class
+  activation map exact: CAM_c(p) = w_cᵀ v_p + b_c is the map whose mean is the local logit
+  (:meth:`LabelCeiling.cam`). The global head is what trains the stages after the local one
+  (with ``local_stage="layer2"`` a patch head alone would leave ``layer3``/``layer4``, and so
+  the pooled features that retrieval reads, untrained).
 - :func:`ceiling_retrieval`: image→image class P@K over the gallery (Phantom-5×200; each query
   against every *other* image) with the encoder's pooled features, the counterpart of a
   method's image→text P@K.
@@ -17,17 +21,17 @@ learning rate) trained on the manifest's 14 CheXpert labels instead of the repor
   the same pointing game and mask AUROC (:func:`~medalign_lite.experiments.contrastive.
   score_grounding`). Findings with no CheXpert observation (hyperinflation, scoliosis, …) have
   no label to learn from and are left out; the result says how many phrases remain.
-- :func:`ceiling_auroc`: per-observation AUROC of the logits on a split.
+- :func:`ceiling_auroc`: per-observation AUROC of the global logits on a split.
 
 **Our readings** (the issue leaves them open): uncertain labels (-1) are ignored in the loss by
 default (``uncertain="ignore"``; ``"zero"`` / ``"one"`` map them, as CE's policies do), blank
-labels always; the head reads the local patches (the map a method's grounding reads), not the
-pooled vector, so that its CAM needs no gradient.
+labels always; the grounding map reads the local patches (the map a method's grounding reads)
+through its own head, so that its CAM needs no gradient; the two heads' losses weigh the same.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,10 +49,14 @@ from ..utils import module_device, quiet_progress
 from .contrastive import AlignmentRecipe, finding_phrases, score_grounding
 from .generation import encode_dataset
 
-__all__ = ["UNCERTAIN", "LabelCeiling", "build_ceiling", "ceiling_auroc", "ceiling_grounding", "ceiling_retrieval",
+__all__ = ["MAPPED_KINDS", "UNCERTAIN", "LabelCeiling", "SupervisedCeiling", "build_ceiling", "ceiling_auroc", "ceiling_grounding", "ceiling_retrieval",
            "label_targets", "train_ceiling"]
 
 UNCERTAIN = ("ignore", "zero", "one")
+#: The finding kinds the ceiling has a map for (a CheXpert observation to learn): compare a
+#: method's grounding with the ceiling's on these
+#: (:func:`~medalign_lite.experiments.contrastive.restrict_grounding`).
+MAPPED_KINDS: frozenset[str] = frozenset(k for k, t in CATALOGUE.items() if t.chexpert)
 
 
 def label_targets(labels: torch.Tensor, uncertain: str = "ignore") -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +75,12 @@ def label_targets(labels: torch.Tensor, uncertain: str = "ignore") -> tuple[torc
 
 
 class LabelCeiling(nn.Module):
-    """An image encoder and a linear head on its patches: logits z = mean_p (W v_p + b) (B, 14).
+    """An image encoder with a linear head on its pooled vector and one on its patches:
+    global logits z^g = U g + a and local logits z^l = mean_p (W v_p + b), both (B, 14).
 
-    ``forward(batch)`` → ``{"loss"}``: binary cross-entropy averaged over the valid entries of
-    ``batch.labels`` (:func:`label_targets`).
+    ``forward(batch)`` → ``{"loss", "loss_global", "loss_local", "labelled"}``: the sum of the two
+    binary cross-entropies, each averaged over the valid entries of ``batch.labels``
+    (:func:`label_targets`).
     """
 
     def __init__(self, image_encoder: nn.Module, n_labels: int = len(CHEXPERT_LABELS), uncertain: str = "ignore"):
@@ -79,22 +89,34 @@ class LabelCeiling(nn.Module):
             raise ValueError(f"uncertain must be one of {UNCERTAIN}, got {uncertain!r}")
         self.image_encoder = image_encoder
         self.head = nn.Linear(int(image_encoder.patch_dim), n_labels)
+        self.head_global = nn.Linear(int(image_encoder.global_dim), n_labels)
         self.uncertain = uncertain
+
+    def _outputs(self, images: torch.Tensor):
+        f = self.image_encoder(images)
+        return self.head_global(f.pooled), self.head(f.patches).transpose(1, 2), f.grid
 
     def cam(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Class activation maps (B, 14, P) — CAM_c(p) = w_cᵀ v_p + b_c — and the patch grid."""
-        f = self.image_encoder(images)
-        return self.head(f.patches).transpose(1, 2), f.grid
+        _, cam, grid = self._outputs(images)
+        return cam, grid
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 14): the global head's logits (the classifier :func:`ceiling_auroc` scores)."""
+        return self._outputs(images)[0]
+
+    def local_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 14): the mean of each class's activation map."""
-        return self.cam(images)[0].mean(-1)
+        return self._outputs(images)[1].mean(-1)
 
     def forward(self, batch) -> dict:
         target, valid = label_targets(batch.labels, self.uncertain)
-        per = F.binary_cross_entropy_with_logits(self.logits(batch.images), target, reduction="none")
-        loss = (per * valid).sum() / valid.sum().clamp_min(1)
-        return {"loss": loss, "labelled": valid.float().sum(1).mean()}
+        z_global, cam, _ = self._outputs(batch.images)
+        n = valid.sum().clamp_min(1)
+        losses = [(F.binary_cross_entropy_with_logits(z, target, reduction="none") * valid).sum() / n
+                  for z in (z_global, cam.mean(-1))]
+        return {"loss": losses[0] + losses[1], "loss_global": losses[0].detach(), "loss_local": losses[1].detach(),
+                "labelled": valid.float().sum(1).mean()}
 
 
 def build_ceiling(recipe: AlignmentRecipe, uncertain: str = "ignore") -> LabelCeiling:
@@ -105,19 +127,32 @@ def build_ceiling(recipe: AlignmentRecipe, uncertain: str = "ignore") -> LabelCe
     return LabelCeiling(vision, uncertain=uncertain)
 
 
-def train_ceiling(model: LabelCeiling, manifest: str | Path, recipe: AlignmentRecipe, output_dir: str | Path,
-                  dataset: ManifestDataset | None = None, resume: bool = False) -> TrainResult:
+@dataclass(frozen=True)
+class SupervisedCeiling:
+    """The ceiling of ``recipe`` as one more job of a grid of runs
+    (:func:`~medalign_lite.experiments.variants.run_variants` trains it like a method's recipe,
+    in the same worker pool: :func:`build_ceiling`, :func:`train_ceiling`, scored by
+    :func:`ceiling_retrieval`)."""
+
+    recipe: AlignmentRecipe
+    uncertain: str = "ignore"
+
+
+def train_ceiling(model: LabelCeiling, manifest, recipe: AlignmentRecipe, output_dir: str | Path,
+                  dataset: ManifestDataset | None = None, resume: bool = False, eval_fn=None,
+                  eval_every: int = 0) -> TrainResult:
     """Train ``model`` on the manifest's train split with the recipe's budget (batch size, epochs,
     ``max_steps``, lr, warm-up, seed, device; every weight trains), as
-    :func:`~medalign_lite.experiments.contrastive.train_alignment` trains the method."""
+    :func:`~medalign_lite.experiments.contrastive.train_alignment` trains the method (``eval_fn``
+    every ``eval_every`` steps: a learning curve)."""
     ds = dataset if dataset is not None else ManifestDataset(
         manifest, split="train", text_columns=recipe.text_columns, image_size=recipe.image_size,
         train=recipe.augment, cache=not recipe.augment)
     cfg = TrainConfig(output_dir=str(output_dir), batch_size=recipe.batch_size, seed=recipe.seed,
-                      device=recipe.device, log_every=5, drop_last=True,
+                      device=recipe.device, log_every=5, drop_last=True, eval_every=eval_every,
                       stages=[Stage(name="ceiling", epochs=recipe.epochs, lr=recipe.lr, trainable=["*"],
                                     warmup_ratio=recipe.warmup_ratio, max_steps=recipe.max_steps)])
-    return Trainer(model, ds, cfg, collate_fn=Collate()).fit(resume=resume)
+    return Trainer(model, ds, cfg, collate_fn=Collate(), eval_fn=eval_fn).fit(resume=resume)
 
 
 @torch.no_grad()

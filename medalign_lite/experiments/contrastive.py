@@ -72,6 +72,10 @@ class AlignmentRecipe:
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float | None = 1.0
     schedule_epochs: int | None = None
+    #: IU-Phantom-extra training studies added to IU-Phantom's training split
+    #: (:func:`~medalign_lite.data.ensure_iu_phantom`; 0: IU-Phantom alone; a user's own manifest
+    #: gets none)
+    extra_studies: int = 0
 
 
 def default_trainable(method: str, method_options: dict | None = None, text: bool = True) -> list[str]:
@@ -106,11 +110,15 @@ class DataOptions:
         augment: random crop/affine/jitter while training (False: the eval transform, and the
             training set can stay in memory).
         cache_text: freeze the text encoder whole and memoise its features.
+        extra_studies: IU-Phantom-extra studies added to IU-Phantom's training split (new
+            patients drawn from the training split's finding lists, kind-balanced; 0: none).
+            Only for the embedded data: a run on a user's manifest trains on that manifest.
     """
 
     text_columns: tuple[str, ...] = ("findings", "impression")
     augment: bool = True
     cache_text: bool = False
+    extra_studies: int = 0
 
 
 def recipe_from_config(config: str | Path, overrides: Sequence[str] = (), *, seed: int = 0,
@@ -152,7 +160,34 @@ def recipe_from_config(config: str | Path, overrides: Sequence[str] = (), *, see
                            text_columns=tuple(data.text_columns), seed=seed, device=device, method_options=options,
                            augment=data.augment, cache_text=data.cache_text, weight_decay=stage.weight_decay,
                            betas=tuple(stage.betas), max_grad_norm=train.max_grad_norm,
-                           schedule_epochs=stage.schedule_epochs)
+                           schedule_epochs=stage.schedule_epochs, extra_studies=data.extra_studies)
+
+
+#: Learning curves are read on a *validation* draw of the 5×200 recipe, never on the test gallery:
+#: Phantom-5×200 built with the dataset seed plus this offset (other patients), 100 per class.
+VALIDATION_SEED_OFFSET = 1000
+
+
+def validation_gallery(seed: int = 0, per_class: int = 100, progress: bool = True) -> Path:
+    """The manifest of the validation gallery (:data:`VALIDATION_SEED_OFFSET`): Phantom-5×200's
+    recipe on patients of neither the training data nor the test gallery, ``per_class``
+    studies per class."""
+    from ..data import ensure_dataset
+
+    return ensure_dataset("phantom-5x200", size=224, seed=seed + VALIDATION_SEED_OFFSET, limit=5 * per_class,
+                          progress=progress)
+
+
+def training_manifests(recipe: AlignmentRecipe, manifest: str | Path | None = None, *, seed: int = 0,
+                       limit: int | None = None, progress: bool = True) -> list[Path]:
+    """What a run of ``recipe`` trains on: ``[manifest]`` when the user gives one, else IU-Phantom
+    plus the recipe's ``extra_studies`` IU-Phantom-extra studies
+    (:func:`~medalign_lite.data.ensure_iu_phantom`, dataset ``seed``; ``limit`` caps both)."""
+    if manifest:
+        return [Path(manifest)]
+    from ..data import ensure_iu_phantom
+
+    return ensure_iu_phantom(recipe.extra_studies, limit=limit, seed=seed, progress=progress)
 
 
 def build_model(recipe: AlignmentRecipe, text_encoder: nn.Module | None = None) -> nn.Module:
@@ -178,15 +213,18 @@ def build_model(recipe: AlignmentRecipe, text_encoder: nn.Module | None = None) 
     return cls(vision, text, cfg)
 
 
-def train_alignment(model: nn.Module, manifest: str | Path, recipe: AlignmentRecipe, output_dir: str | Path,
+def train_alignment(model: nn.Module, manifest: str | Path | Sequence[str | Path], recipe: AlignmentRecipe,
+                    output_dir: str | Path,
                     resume: bool = False, eval_fn: Callable | None = None,
                     dataset: ManifestDataset | None = None, eval_every: int = 0) -> TrainResult:
-    """Train ``model`` on the manifest's train split with the recipe's single stage (the image
-    views a model reads beyond the current frontal: its ``dataset_views``, ALTA's four).
+    """Train ``model`` on the manifest's train split with the recipe's single stage (a list of
+    manifests reads as one: :func:`training_manifests`; the image views a model reads beyond the
+    current frontal: its ``dataset_views``, ALTA's four).
 
     ``dataset`` replaces the one built from ``manifest`` (e.g. one in-memory training set
-    shared by the runs of an ablation); ``eval_fn`` runs every ``eval_every`` steps (0: at the
-    end) and its scores join ``metrics.jsonl`` as ``eval/<name>`` (a learning curve).
+    shared by the runs of an ablation). ``eval_fn(model) -> {name: number}`` runs every
+    ``eval_every`` optimizer steps and at the end (a learning curve:
+    :class:`~medalign_lite.experiments.variants.RetrievalCurve`), logged as ``eval/<name>``.
     """
     ds = dataset if dataset is not None else ManifestDataset(
         manifest, split="train", text_columns=recipe.text_columns, image_size=recipe.image_size,
@@ -309,11 +347,28 @@ def finding_phrases(ds: ManifestDataset, batch, row: int, spans_column: str = "w
                 yield b, k, start, end
 
 
+#: Finding kinds scored apart (the issue's and a reader's question: does a method ground what is
+#: big on the radiograph, and what is a few pixels wide?). At 96 px a nodule or a granuloma is
+#: smaller than one patch of a stride-16 grid.
+GROUNDING_GROUPS: dict[str, tuple[str, ...]] = {
+    "large": ("cardiomegaly", "pleural_effusion", "consolidation", "hyperinflation"),
+    "small": ("nodule", "granuloma"),
+}
+
+
 def score_grounding(maps: list[torch.Tensor], masks: list[torch.Tensor], kinds: list[str], study_ids: list[str],
                     grid: tuple[int, int] | None) -> dict:
-    """Pointing game and mask AUROC of phrase maps against their findings' masks, overall and
-    per finding kind (:func:`grounding_eval`, and the supervised ceiling's class activation maps,
-    :mod:`medalign_lite.experiments.ceiling`).
+    """Pointing game and mask AUROC of phrase maps against their findings' masks, overall, per
+    finding kind and per :data:`GROUNDING_GROUPS` group (:func:`grounding_eval`, and the
+    supervised ceiling's class activation maps, :mod:`medalign_lite.experiments.ceiling`).
+
+    Two pointing games: ``pointing_game`` (pixel: the argmax pixel of the bilinearly upsampled
+    map lies in the mask, :func:`~medalign_lite.eval.grounding.pointing_game`) and
+    ``pointing_patch`` (the map's argmax *patch* covers at least one mask pixel). On a coarse grid
+    the pixel game also measures the grid: a bilinear map peaks at a patch centre, so a finding
+    smaller than a patch that misses every centre can never be hit, whatever the map; the patch
+    game asks only whether the model chose the right patch. Both are reported; neither is
+    tuned per method.
 
     ``maps``: one (P,) score per patch for each phrase, ``grid`` their (h, w); ``masks``: the
     findings' (H, W) masks; ``kinds``, ``study_ids``: each phrase's finding kind and study.
@@ -325,11 +380,34 @@ def score_grounding(maps: list[torch.Tensor], masks: list[torch.Tensor], kinds: 
     pg = pointing_game(sim, m)
     au = mask_auroc(sim, m)
     hits = np.asarray(pg["hits"], dtype=float)
+    cells = F.adaptive_max_pool2d(m[:, None].float(), tuple(grid))[:, 0].flatten(1) > 0      # (N, P) patch ∩ mask
+    best = sim.flatten(1).argmax(1)                                                          # first maximum
+    patch_hits = cells[torch.arange(len(maps)), best].numpy().astype(float)
+    valid = np.asarray(pg["valid"], dtype=bool)
     per_item = np.asarray(au["per_item"], dtype=float)
-    per_kind = {}
-    for kind in sorted(set(kinds)):
-        idx = [i for i, k in enumerate(kinds) if k == kind]
-        per_kind[kind] = {"n": len(idx), "pointing": float(np.mean(hits[idx])),
-                          "mask_auroc": float(np.nanmean(per_item[idx])) if np.isfinite(per_item[idx]).any() else float("nan")}
-    return {"n_phrases": len(maps), "pointing_game": float(pg["accuracy"]), "mask_auroc": float(au["mean"]),
-            "per_kind": per_kind, "maps": sim, "masks": m, "kinds": kinds, "study_ids": list(study_ids), "grid": grid}
+
+    def scores(idx: list[int]) -> dict:
+        idx = [i for i in idx if valid[i]]
+        if not idx:
+            return {"n": 0, "pointing": float("nan"), "pointing_patch": float("nan"), "mask_auroc": float("nan")}
+        auc = per_item[idx]
+        return {"n": len(idx), "pointing": float(np.mean(hits[idx])), "pointing_patch": float(np.mean(patch_hits[idx])),
+                "mask_auroc": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")}
+
+    per_kind = {kind: scores([i for i, k in enumerate(kinds) if k == kind]) for kind in sorted(set(kinds))}
+    groups = {g: scores([i for i, k in enumerate(kinds) if k in members]) for g, members in GROUNDING_GROUPS.items()}
+    return {"n_phrases": len(maps), "pointing_game": float(pg["accuracy"]),
+            "pointing_patch": float(patch_hits[valid].mean()) if valid.any() else float("nan"),
+            "mask_auroc": float(au["mean"]), "per_kind": per_kind, "groups": groups, "maps": sim, "masks": m,
+            "kinds": kinds, "study_ids": list(study_ids), "grid": grid}
+
+
+def restrict_grounding(g: dict, kinds) -> dict:
+    """A :func:`score_grounding` result scored again on the phrases whose finding kind is in
+    ``kinds`` (e.g. those the supervised ceiling maps: findings with a CheXpert observation), from
+    its stored maps — so that two systems are compared on the same phrases."""
+    keep = [i for i, k in enumerate(g.get("kinds", [])) if k in set(kinds)]
+    if not keep:
+        return {"n_phrases": 0}
+    return score_grounding([g["maps"][i].flatten() for i in keep], [g["masks"][i] for i in keep],
+                           [g["kinds"][i] for i in keep], [g["study_ids"][i] for i in keep], g["grid"])

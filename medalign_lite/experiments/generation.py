@@ -190,6 +190,31 @@ def generate_reports(model: nn.Module, dataset, indices: Sequence[int] | None = 
     return out
 
 
+class ReportCurve:
+    """A report generator's learning curve (the trainer's ``eval_fn``): reports for fixed
+    validation studies — greedy, from the image alone — scored by clinical efficacy.
+
+    ``items``: the studies (e.g. :class:`PatchItems` of the validation split), ``references``
+    their target texts. Returns ``{"val_ce_micro_f1", "val_ce_macro_f1", "val_ce5_macro_f1",
+    "val_distinct"}`` (uncertain → 0; distinct: how many different reports, a template
+    generator writes few). A class, not a closure, so that worker processes receive it."""
+
+    def __init__(self, items, references: Sequence[str], batch_size: int = 64, **generation):
+        if len(items) != len(references):
+            raise ValueError(f"{len(items)} studies but {len(references)} references")
+        self.items, self.references = items, list(references)
+        self.batch_size, self.generation = batch_size, {"num_beams": 1, **generation}
+
+    def __call__(self, model: nn.Module) -> dict:
+        from ..eval.clinical import ce_from_texts
+
+        reports = generate_reports(model, self.items, None, self.batch_size, progress=False, **self.generation)
+        ce = ce_from_texts(self.references, reports)
+        ce5 = ce_from_texts(self.references, reports, observations=CHEXPERT_5)
+        return {"val_ce_micro_f1": ce["micro"]["f1"], "val_ce_macro_f1": ce["macro"]["f1"],
+                "val_ce5_macro_f1": ce5["macro"]["f1"], "val_distinct": len(set(reports))}
+
+
 # --------------------------------------------------------------------------- 3. baselines
 
 

@@ -141,21 +141,29 @@ def _recipe_fields(recipe) -> dict:
     return json.loads(json.dumps(fields, sort_keys=True, default=str))
 
 
-def encoder_cache_key(manifest: str | os.PathLike, recipe, threads: int | None = None) -> str:
+def _manifests(manifest) -> list[Path]:
+    """One manifest path, or a list of them (IU-Phantom and IU-Phantom-extra), as a list."""
+    return [Path(m) for m in manifest] if isinstance(manifest, (list, tuple)) else [Path(manifest)]
+
+
+def encoder_cache_key(manifest, recipe, threads: int | None = None) -> str:
     """``convirt-tiny_cnn-128px-<16 hex>``: readable prefix + sha256 of the recipe fields (all
-    but ``device``), the manifest's content identity, :data:`CACHE_VERSION`,
-    :func:`code_fingerprint` and the torch thread count (``threads``, default the current one)."""
-    manifest = Path(manifest)
+    but ``device``), the content identity of the manifest (or of each of a list of them),
+    :data:`CACHE_VERSION`, :func:`code_fingerprint` and the torch thread count (``threads``,
+    default the current one)."""
+    manifests = _manifests(manifest)
+    ident = _manifest_identity(manifests[0]) if len(manifests) == 1 else {
+        "manifests": [_manifest_identity(m) for m in manifests]}
     payload = json.dumps({"version": CACHE_VERSION, "code": code_fingerprint(),
                           "threads": int(threads if threads is not None else torch.get_num_threads()),
-                          "recipe": _recipe_fields(recipe), **_manifest_identity(manifest)}, sort_keys=True)
+                          "recipe": _recipe_fields(recipe), **ident}, sort_keys=True)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     vision = recipe.vision.name.replace(":", "_").replace("/", "_")
     return f"{recipe.method}-{vision}-{recipe.image_size}px-{digest}"
 
 
-def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_dir: str | os.PathLike | None = None,
-                              progress: bool = False) -> nn.Module:
+def pretrained_vision_encoder(manifest, recipe=None, cache_dir: str | os.PathLike | None = None,
+                              progress: bool = False, curve=None, eval_every: int = 0) -> nn.Module:
     """A vision encoder aligned with reports on ``manifest`` (ConVIRT by default), frozen.
 
     S2D-ALIGN's encoder is a frozen Rad-DINO; ours is trained here, once: a
@@ -173,18 +181,23 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
     recipe, rebuilt dataset, changed code or thread count trains anew.
 
     Args:
-        manifest: the training manifest (IU-Phantom: ``ensure_dataset("iu-phantom")``).
+        manifest: the training manifest (IU-Phantom: ``ensure_dataset("iu-phantom")``), or a list
+            of manifests read as one (:func:`~medalign_lite.data.ensure_iu_phantom`).
         recipe: an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`; ``None`` =
             the default.
         cache_dir: cache folder (see above).
         progress: print one line on what happens (training, or loading from the cache).
+        curve, eval_every: a learning curve while it trains (``eval_fn`` every ``eval_every``
+            steps, e.g. a :class:`~medalign_lite.experiments.variants.RetrievalCurve`), stored
+            in the entry's JSON (``"curve"``: the ``eval/`` rows) and returned by later loads;
+            evaluation changes no weight, so it is not part of the key.
 
     Returns:
         The :class:`~medalign_lite.models.vision.ImageEncoder` (``forward(images)`` →
         ``ImageFeatures`` with ``pooled`` (B, Dg) and ``patches`` (B, P, Dl)), on the CPU,
         frozen with :func:`freeze` (read its caveat about a parent's ``.train()``), with
         ``encoder.alignment_info = {"cache_path", "loaded", "key", "seconds", "final_loss",
-        "recipe", "created", "threads"}``: ``loaded`` is True when the weights came from the
+        "recipe", "created", "threads", "curve"}``: ``loaded`` is True when the weights came from the
         cache; ``seconds`` is the training or loading time; ``final_loss`` the last logged
         training loss, ``created`` when and ``threads`` with how many torch threads it was
         trained (from the JSON when loaded).
@@ -193,9 +206,11 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
     from .contrastive import build_model, train_alignment
 
     recipe = recipe if recipe is not None else default_encoder_recipe()
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} not found")
+    manifests = _manifests(manifest)
+    for m in manifests:
+        if not m.is_file():
+            raise FileNotFoundError(f"manifest {m} not found")
+    manifest = manifests[0] if len(manifests) == 1 else manifests
     root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
     key = encoder_cache_key(manifest, recipe)
     weights, meta_path = root / f"{key}.safetensors", root / f"{key}.json"
@@ -218,18 +233,21 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
         root.mkdir(parents=True, exist_ok=True)
         model = build_model(recipe)
         with tempfile.TemporaryDirectory(prefix=f"{key}.run-", dir=root) as run_dir:
-            result = train_alignment(model, manifest, recipe, run_dir)
+            result = train_alignment(model, manifest, recipe, run_dir, eval_fn=curve, eval_every=eval_every)
         losses = [r["loss"] for r in result.history if "loss" in r]
         final_loss = float(losses[-1]) if losses else None
         encoder = model.image_encoder.cpu()
         train_seconds = time.perf_counter() - t0
         meta = {"cache_version": CACHE_VERSION, "key": key, "recipe": _recipe_fields(recipe),
-                "manifest": str(manifest.resolve()), **{k: v for k, v in _manifest_identity(manifest).items()
-                                                        if k == "manifest_sha256"},
+                "manifest": [str(m.resolve()) for m in manifests] if len(manifests) > 1 else str(manifests[0].resolve()),
+                "manifest_sha256": [_manifest_identity(m)["manifest_sha256"] for m in manifests]
+                if len(manifests) > 1 else _manifest_identity(manifests[0])["manifest_sha256"],
                 "train_seconds": round(train_seconds, 2), "final_loss": final_loss,
                 "steps": max((r.get("global_step", 0) for r in result.history), default=0),
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "code": code_fingerprint(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "curve": [{k: v for k, v in r.items() if k == "global_step" or k.startswith("eval/")}
+                          for r in result.history if any(k.startswith("eval/") for k in r)]}
         atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
         atomic_write(weights, lambda p: save_weights(encoder.state_dict(), p))  # last: marks the entry complete
         loaded = False
@@ -239,7 +257,7 @@ def pretrained_vision_encoder(manifest: str | os.PathLike, recipe=None, cache_di
     encoder.alignment_info = {"cache_path": str(weights), "loaded": loaded, "key": key,
                               "seconds": round(time.perf_counter() - t0, 3), "final_loss": final_loss,
                               "recipe": _recipe_fields(recipe), "created": meta.get("created"),
-                              "threads": meta.get("threads")}
+                              "threads": meta.get("threads"), "curve": meta.get("curve", [])}
     return encoder
 
 

@@ -185,7 +185,9 @@ class S2DExperiment:
     reads the same sections); ``train.stages`` is the progressive curriculum, from which
     :func:`variant_stages` derives every ablation; ``encoder`` and ``lm_pretrain`` say how the
     frozen encoder and the tiny LM are made; ``standardize``: SMA_v reads per-channel
-    standardised frozen patches (ours, see the module docstring).
+    standardised frozen patches (ours, see the module docstring); ``extra_studies``:
+    IU-Phantom-extra training studies beside IU-Phantom's (:func:`~medalign_lite.data.
+    ensure_iu_phantom`; 0: none; a user's own manifest gets none).
     """
 
     model: S2DConfig = field(default_factory=S2DConfig)
@@ -196,6 +198,7 @@ class S2DExperiment:
     lm_pretrain: LMPretrainConfig = field(default_factory=LMPretrainConfig)
     standardize: bool = True
     eval_batch_size: int = 64
+    extra_studies: int = 0
 
 
 def load_s2d_experiment(config: str | Path = "s2d_tiny", overrides: Sequence[str] = ()) -> S2DExperiment:
@@ -207,14 +210,16 @@ def load_s2d_experiment(config: str | Path = "s2d_tiny", overrides: Sequence[str
     return exp
 
 
-def prepare_s2d(exp: S2DExperiment, train_manifest: str | Path, train_texts: Sequence[str], seed: int = 0,
-                device: str = "auto", progress: bool = False) -> tuple[nn.Module, LLMConfig, dict]:
+def prepare_s2d(exp: S2DExperiment, train_manifest, train_texts: Sequence[str], seed: int = 0,
+                device: str = "auto", progress: bool = False, curve=None, eval_every: int = 0
+                ) -> tuple[nn.Module, LLMConfig, dict]:
     """The frozen image encoder and the LM of an experiment → (encoder on ``device``, the
     :class:`LLMConfig` every variant loads, info).
 
     - Encoder: with ``exp.encoder.align`` the ConVIRT-aligned stand-in (``vision.name`` at
       ``vision.image_size``, ``convirt_tiny.yaml`` + ``exp.encoder.overrides``, seeded with
-      ``seed``), trained once on ``train_manifest`` and cached
+      ``seed``), trained once on ``train_manifest`` (a path, or the list
+      :func:`~medalign_lite.data.ensure_iu_phantom` gives) and cached
       (:func:`~medalign_lite.experiments.pretrain.pretrained_vision_encoder`); otherwise
       ``exp.vision`` with its published weights, frozen.
     - LM: ``llm.name == "tiny"`` pre-trains the tiny Llama on ``train_texts`` once
@@ -223,7 +228,8 @@ def prepare_s2d(exp: S2DExperiment, train_manifest: str | Path, train_texts: Seq
       configured (LoRA settings included).
 
     ``info``: ``{"encoder": alignment_info or None, "encoder_seconds", "lm": pretrain.json
-    contents or None, "lm_seconds"}``.
+    contents or None, "lm_seconds"}``; ``curve``, ``eval_every``: the aligned encoder's learning
+    curve while it trains (:func:`~medalign_lite.experiments.pretrain.pretrained_vision_encoder`).
     """
     import json
 
@@ -241,7 +247,8 @@ def prepare_s2d(exp: S2DExperiment, train_manifest: str | Path, train_texts: Seq
     if exp.encoder.align:
         recipe = default_encoder_recipe([f"vision.name={exp.vision.name}", f"vision.image_size={exp.vision.image_size}",
                                          *exp.encoder.overrides], seed=seed)
-        encoder = pretrained_vision_encoder(train_manifest, recipe, progress=progress)
+        encoder = pretrained_vision_encoder(train_manifest, recipe, progress=progress, curve=curve,
+                                            eval_every=eval_every)
         info["encoder"] = dict(encoder.alignment_info)
     else:
         encoder = freeze(build_image_encoder(replace(exp.vision, pretrained=True)))

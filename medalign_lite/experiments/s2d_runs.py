@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..data.dataset import Collate
 from ..methods.s2d import S2D, S2DConfig
@@ -31,6 +31,7 @@ from .claims import Claim, ce_claim
 from .generation import (
     PatchItems,
     PrecomputedPatches,
+    ReportCurve,
     encode_dataset,
     generate_reports,
     image_features,
@@ -265,6 +266,9 @@ class _Context:
     generation: dict
     meteor: bool | str
     progress: bool | None
+    curve: object = None
+    curve_variants: tuple[str, ...] = ()
+    eval_every: int = 0
 
 
 
@@ -303,10 +307,12 @@ def _run_chain(ctx: _Context, jobs: Sequence[tuple[int, str]], return_state: boo
             if src is not None:
                 branched = branch_into(src, k, run_dir, functools.partial(independent_memory_state,
                                                                           fresh_independent=model) if convert else None)
+        curve = ctx.curve if variant in ctx.curve_variants else None
         cfg = TrainConfig(output_dir=str(run_dir), batch_size=ctx.batch_size, seed=seed, precision=ctx.precision,
-                          device=ctx.device, log_every=ctx.log_every, save_weights=ctx.save_weights, stages=stages)
+                          device=ctx.device, log_every=ctx.log_every, save_weights=ctx.save_weights, stages=stages,
+                          eval_every=ctx.eval_every if curve is not None else 0)
         t = time.perf_counter()
-        res = Trainer(model, ctx.train_items, cfg, collate_fn=Collate()).fit(resume=branched is not None)
+        res = Trainer(model, ctx.train_items, cfg, collate_fn=Collate(), eval_fn=curve).fit(resume=branched is not None)
         train_s = time.perf_counter() - t
         done.append(FinishedRun(variant, seed, options, stages, run_dir, stage_checkpoints(run_dir)))
         model.eval()
@@ -364,7 +370,9 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
                      generation: dict | None = None, meteor: bool | str = "full", baselines: bool = True,
                      reuse_prefixes: bool = True, keep_models: Sequence[str] = ("progressive",),
                      save_weights: str = "trained", keep_checkpoints: bool = True, on_result: Callable[[VariantRun], None] | None = None,
-                     progress: bool | None = None, workers: int = 1, threads: int | None = None) -> S2DResults:
+                     progress: bool | None = None, workers: int = 1, threads: int | None = None,
+                     curve_dataset=None, curve_size: int = 100, curve_variants: Sequence[str] = ("progressive",),
+                     eval_every: int = 0) -> S2DResults:
     """Train S2D-ALIGN variants, generate reports from images only, score them; add baselines.
 
     Args:
@@ -412,6 +420,10 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
         threads: torch intra-op threads of every chain, here or in a worker (default: the
             current count divided among the workers). Every run is seeded; with the same
             ``threads`` the numbers do not depend on ``workers`` (tested).
+        curve_dataset: a validation split (like ``eval_dataset``): the first ``curve_size`` of
+            its studies give ``curve_variants`` a learning curve — CE F1 of greedy reports every
+            ``eval_every`` optimizer steps and at the end of each stage
+            (:class:`~medalign_lite.experiments.generation.ReportCurve`; rows ``eval/val_ce_*``).
 
     Returns:
         :class:`S2DResults` (``summary()`` gives the table).
@@ -449,6 +461,17 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
             tr_pooled, vision = image_features(vision_encoder, train_dataset), vision_encoder
         ev_pooled = image_features(vision_encoder, eval_dataset)
         train_items, eval_items = train_dataset, eval_dataset
+    curve = None
+    if curve_dataset is not None:
+        n = min(int(curve_size), len(curve_dataset))
+        val_items = curve_dataset
+        if cache_patches:
+            _, val_patches, _ = encode_dataset(vision_encoder, curve_dataset)
+            if standardize:
+                val_patches = (val_patches - mean) / std
+            val_items = PatchItems(curve_dataset, val_patches)
+        curve = ReportCurve(Subset(val_items, range(n)), list(curve_dataset.texts)[:n], eval_batch_size,
+                            **{k: v for k, v in (generation or {}).items() if k != "num_beams"})
     setup["features"] = time.perf_counter() - t0
 
     if curriculum is None:
@@ -460,7 +483,7 @@ def run_s2d_variants(variants: Sequence[str], train_dataset, eval_dataset, visio
                    batch_size=batch_size, precision=precision, device=device, log_every=log_every,
                    save_weights=save_weights, reuse_prefixes=reuse_prefixes, keep_checkpoints=keep_checkpoints,
                    eval_batch_size=eval_batch_size, generation=dict(generation or {}), meteor=meteor,
-                   progress=progress)
+                   progress=progress, curve=curve, curve_variants=tuple(curve_variants), eval_every=int(eval_every))
 
     results = S2DResults(runs=[], baselines={}, references=references, subset=sub, setup_seconds=setup)
     if baselines:

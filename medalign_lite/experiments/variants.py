@@ -29,6 +29,7 @@ summarises it, whatever the method:
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -53,6 +54,7 @@ from ..utils import torch_threads
 
 __all__ = [
     "FinishedRun",
+    "RetrievalCurve",
     "RunResult",
     "branch_into",
     "find_branch",
@@ -62,6 +64,7 @@ __all__ = [
     "run_chains",
     "run_variants",
     "shared_prefix",
+    "shared_text_encoder",
     "stage_checkpoints",
     "summary_table",
 ]
@@ -107,7 +110,8 @@ def mean_std_table(table, keys: Sequence[str], digits: int = 3):
 class RunResult:
     """One trained contrastive variant: its recipe, model, training history and retrieval
     scores (``retrieval``: :func:`~medalign_lite.experiments.contrastive.retrieval_eval`, with
-    ``per_query`` hits for the claims rule)."""
+    ``per_query`` hits for the claims rule). With a learning curve, the history's evaluation rows
+    hold ``eval/<key>`` (:class:`RetrievalCurve`): :meth:`curve` reads them."""
 
     name: str
     seed: int
@@ -122,51 +126,183 @@ class RunResult:
         return {"variant": self.name, "seed": self.seed,
                 **{k: v for k, v in self.retrieval.items() if isinstance(v, (int, float))}}
 
+    def curve(self, key: str = "val_i2t_P@5") -> tuple[list[int], list[float]]:
+        """(optimizer steps, values) of the learning curve's ``key`` (empty without a curve)."""
+        rows = [r for r in self.history if f"eval/{key}" in r]
+        return [int(r["global_step"]) for r in rows], [float(r[f"eval/{key}"]) for r in rows]
 
-def run_variants(variants: dict, seeds: Sequence[int], manifest: str | Path, gallery_manifest: str | Path,
-                 output_dir: str | Path, train_dataset: ManifestDataset | None = None,
-                 gallery_dataset: ManifestDataset | None = None, keep_models: Sequence[int] | None = None,
-                 on_result: Callable[[RunResult], None] | None = None, ks: Sequence[int] = (1, 5, 10),
-                 text_encoders: dict[str, nn.Module] | None = None, eval_fn: Callable | None = None,
-                 eval_every: int = 0) -> list[RunResult]:
-    """Train every variant once per seed and score it on the gallery, one run after the other.
 
-    ``variants`` maps a name to an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`
-    (its ``seed`` is replaced by each of ``seeds``). Models of the seeds in ``keep_models``
-    (default: the first of ``seeds``) are returned for plotting; the others are dropped after
-    scoring to keep memory flat. Runs write under ``output_dir/<name>_s<seed>``. Recipes with
-    ``cache_text`` and the same text config share one frozen text encoder, so each report is
-    encoded once for the whole grid; pass the same ``text_encoders`` dict to several calls to
-    share them across calls too (it is filled in place). ``eval_fn`` / ``eval_every``: a learning
-    curve in each run's history (:func:`~medalign_lite.experiments.contrastive.train_alignment`).
-    """
+class RetrievalCurve:
+    """A learning curve's evaluation: class P@K both ways on a *validation* gallery (never the
+    test gallery), called by the trainer every ``eval_every`` steps and at the end
+    (``eval_fn``). Returns ``{"val_i2t_P@K": …, "val_t2i_P@K": …}``. A class, not a closure, so
+    that worker processes receive it."""
+
+    def __init__(self, gallery: ManifestDataset, ks: Sequence[int] = (5,), label_column: str = "class"):
+        self.gallery, self.ks, self.label_column = gallery, tuple(ks), label_column
+
+    def __call__(self, model: nn.Module) -> dict:
+        from .ceiling import LabelCeiling, ceiling_retrieval
+        from .contrastive import retrieval_eval
+
+        if isinstance(model, LabelCeiling):  # the supervised ceiling: image→image, ``val_i2i_P@K``
+            s = ceiling_retrieval(model, self.gallery, ks=self.ks, label_column=self.label_column)
+            return {f"val_{k}": float(v) for k, v in s.items()}
+        s = retrieval_eval(model, None, 0, ks=self.ks, label_column=self.label_column, dataset=self.gallery)
+        return {f"val_{d}_P@{k}": float(s[f"{d}_P@{k}"]) for d in ("i2t", "t2i") for k in self.ks}
+
+
+#: This process's frozen, feature-caching text encoders, by text config (one per process: the
+#: notebook's and each worker's), so that every run of a grid encodes each report once.
+_TEXT_ENCODERS: dict[str, nn.Module] = {}
+
+
+def shared_text_encoder(text_config, pool: dict[str, nn.Module] | None = None) -> nn.Module:
+    """The frozen text encoder of ``text_config`` that every ``cache_text`` run in this process
+    shares (built on first use; ``pool``: another dict to keep it in)."""
     from ..models.text import build_text_encoder
+
+    pool = _TEXT_ENCODERS if pool is None else pool
+    key = repr(text_config)
+    if key not in pool:
+        pool[key] = build_text_encoder(text_config)
+    return pool[key]
+
+
+@dataclass
+class _Grid:
+    """What every contrastive job of a grid needs (sent once per job to a worker)."""
+
+    variants: dict
+    manifest: object
+    gallery_manifest: object
+    output_dir: Path
+    train_dataset: ManifestDataset | dict | None
+    gallery_dataset: ManifestDataset | None
+    keep: set
+    ks: tuple
+    curve: RetrievalCurve | None
+    eval_every: int
+    return_state: bool
+    text_encoders: dict | None = None
+
+
+def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
+                           on_result: Callable[[RunResult], None] | None = None) -> list[tuple[RunResult, dict | None]]:
+    """Train and score the (seed, variant) ``jobs`` one after the other → [(result, the kept
+    model's state dict when ``return_state``, else None)]."""
+    from .ceiling import SupervisedCeiling, build_ceiling, ceiling_retrieval, train_ceiling
     from .contrastive import build_model, retrieval_eval, train_alignment
 
+    out = []
+    for seed, name in jobs:
+        job = grid.variants[name]
+        ceiling = isinstance(job, SupervisedCeiling)
+        r = replace(job.recipe if ceiling else job, seed=seed)
+        t0 = time.perf_counter()
+        train = grid.train_dataset.get(name) if isinstance(grid.train_dataset, dict) else grid.train_dataset
+        run_dir = Path(grid.output_dir) / f"{name}_s{seed}"
+        if ceiling:
+            model = build_ceiling(r, job.uncertain)
+            res = train_ceiling(model, grid.manifest, r, run_dir, dataset=train, eval_fn=grid.curve,
+                                eval_every=grid.eval_every)
+            gallery = grid.gallery_dataset or ManifestDataset(grid.gallery_manifest, split=None, image_size=r.image_size)
+            scores = ceiling_retrieval(model.eval(), gallery, ks=grid.ks)
+        else:
+            text = shared_text_encoder(r.text, grid.text_encoders) if r.cache_text else None
+            model = build_model(r, text_encoder=text)
+            res = train_alignment(model, grid.manifest, r, run_dir, dataset=train, eval_fn=grid.curve,
+                                  eval_every=grid.eval_every)
+            scores = retrieval_eval(model, grid.gallery_manifest, r.image_size, ks=grid.ks,
+                                    dataset=grid.gallery_dataset)
+        keep = seed in grid.keep
+        state = None
+        if keep and grid.return_state:  # the shared frozen text encoder stays behind
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+                     if not (r.cache_text and k.startswith("text_encoder."))}
+        result = RunResult(name, seed, r, model if keep and not grid.return_state else None, res.history, scores,
+                           time.perf_counter() - t0)
+        out.append((result, state))
+        if on_result is not None:
+            on_result(result)
+        del model
+    return out
+
+
+def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifest: str | Path,
+                 output_dir: str | Path, train_dataset: ManifestDataset | dict | None = None,
+                 gallery_dataset: ManifestDataset | None = None, keep_models: Sequence[int] | None = None,
+                 on_result: Callable[[RunResult], None] | None = None, ks: Sequence[int] = (1, 5, 10),
+                 text_encoders: dict[str, nn.Module] | None = None, workers: int = 1, threads: int | None = None,
+                 curve: RetrievalCurve | None = None, eval_every: int = 0) -> list[RunResult]:
+    """Train every variant once per seed and score it on the gallery.
+
+    ``variants`` maps a name to an :class:`~medalign_lite.experiments.contrastive.AlignmentRecipe`
+    (its ``seed`` is replaced by each of ``seeds``), or to a
+    :class:`~medalign_lite.experiments.ceiling.SupervisedCeiling` (the same encoder trained on the
+    labels, in the same pool; its ``retrieval`` holds image→image ``i2i_P@K``, its curve
+    ``val_i2i_P@K``); ``manifest`` is the training manifest (or
+    the list :func:`~medalign_lite.experiments.contrastive.training_manifests` gives). Models of
+    the seeds in ``keep_models`` (default: the first of ``seeds``) are returned for plotting; the
+    others are dropped after scoring to keep memory flat. Runs write under
+    ``output_dir/<name>_s<seed>``. Results come seed by seed, variants in their given order.
+    ``train_dataset``: the training set every variant reads (e.g. in memory), or a dict giving
+    some variants their own (another report style); a variant without one reads ``manifest``.
+
+    **Shared text encoder.** Recipes with ``cache_text`` and the same text config share one frozen
+    text encoder per process, so each report is encoded once for the whole grid
+    (:func:`shared_text_encoder`; ``text_encoders``: a dict of the caller's to keep them in,
+    filled in place, in this process).
+
+    **Workers.** Every (seed, variant) run is independent: with ``workers`` > 1 they train in
+    that many spawned processes (:func:`run_chains`), each run with ``threads`` intra-op threads
+    (default: this process's count shared among the workers). ``train_dataset`` and
+    ``gallery_dataset`` travel to the workers with what their item caches hold; each worker
+    encodes the reports once with its own copy of the text encoder. With ``threads`` given the
+    numbers do not depend on ``workers`` (a CPU's float reductions depend on the thread count).
+
+    **Learning curves.** ``curve`` (a :class:`RetrievalCurve` on a validation gallery) is
+    evaluated every ``eval_every`` optimizer steps and at the end of training; each result's
+    :meth:`RunResult.curve` reads it.
+    """
     if not seeds:
         raise ValueError("seeds is empty")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     keep = set(seeds[:1] if keep_models is None else keep_models)
+    jobs = [(seed, name) for seed in seeds for name in variants]
+    parallel = workers > 1 and len(jobs) > 1
+    grid = _Grid(dict(variants), manifest, gallery_manifest, Path(output_dir), train_dataset, gallery_dataset, keep,
+                 tuple(ks), curve, int(eval_every), parallel, None if parallel else text_encoders)
+    if not parallel:
+        pairs = run_chains(functools.partial(_run_contrastive_chain, grid, on_result=on_result), [jobs],
+                           workers=1, threads=threads)
+    else:
+        def done(res):
+            for result, _ in res:
+                if on_result is not None:
+                    on_result(result)
+
+        pairs = run_chains(functools.partial(_run_contrastive_chain, grid), [[j] for j in jobs], workers=workers,
+                           threads=threads, on_done=done)
+    order = {j: i for i, j in enumerate(jobs)}
     out = []
-    shared: dict[str, nn.Module] = text_encoders if text_encoders is not None else {}
-    for seed in seeds:
-        for name, recipe in variants.items():
-            r = replace(recipe, seed=seed)
-            t0 = time.perf_counter()
-            text = None
-            if r.cache_text:
-                key = repr(r.text)
-                if key not in shared:
-                    shared[key] = build_text_encoder(r.text)
-                text = shared[key]
-            model = build_model(r, text_encoder=text)
-            res = train_alignment(model, manifest, r, Path(output_dir) / f"{name}_s{seed}", dataset=train_dataset,
-                                  eval_fn=eval_fn, eval_every=eval_every)
-            scores = retrieval_eval(model, gallery_manifest, r.image_size, ks=ks, dataset=gallery_dataset)
-            result = RunResult(name, seed, r, model if seed in keep else None, res.history, scores,
-                               time.perf_counter() - t0)
-            out.append(result)
-            if on_result is not None:
-                on_result(result)
+    for result, state in sorted(pairs, key=lambda p: order[(p[0].seed, p[0].name)]):
+        if state is not None:  # rebuilt here around this process's shared text encoder
+            from .ceiling import SupervisedCeiling, build_ceiling
+            from .contrastive import build_model
+
+            r, job = result.recipe, variants[result.name]
+            if isinstance(job, SupervisedCeiling):
+                model = build_ceiling(r, job.uncertain)
+            else:
+                model = build_model(r, text_encoder=shared_text_encoder(r.text, text_encoders) if r.cache_text else None)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or any(not k.startswith("text_encoder.") for k in missing):
+                raise RuntimeError(f"{result.name} seed {result.seed}: the worker's weights do not fit the rebuilt "
+                                   f"model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            result.model = model
+        out.append(result)
     return out
 
 

@@ -18,11 +18,17 @@
 
 Everything is batched over pairs with a (B, T) token mask; padded tokens never win a min or a
 max, never enter a group and are never an anchor or a negative. The per-pair reference loop
-that this must equal lives in ``tests/methods/test_aga.py``. Cost: O(B·(T+P)·P·d) (the
-patch-side losses compare P groups with P patches inside each pair), against GLoRIA's
-O(B²·T·P·D) (every report against every image). In eager mode the head is a few hundred small
-kernels, so on a GPU it is bound by launch overhead, not arithmetic: ``torch.compile`` (CUDA
-graphs) brings it to the cost of its matrix products (``medalign bench aga --compile``).
+that this must equal (losses and gradients) lives in ``tests/methods/test_aga.py``. Cost:
+O(B·(T+P)·P·d) (the patch-side losses compare P groups with P patches inside each pair),
+against GLoRIA's O(B²·T·P·D) (every report against every image). The work is laid out as few,
+large operations: one function normalises S both ways, each modality's groups are projected
+once for both attention directions (p by [Q; K'; V'], q by [Q'; K; V]), and on each side the
+IGA and BCGA terms that share their anchors (the groups) are one product and one softmax. On a
+GPU the eager head is still a few hundred small kernels, bound by launch overhead, so the
+local part (§3.2–3.5, :meth:`AGAHead.local_terms`, which reads σ and never writes it) is
+compiled with ``torch.compile`` on CUDA by default (``AGAConfig.compile``; a failed compile
+warns once and runs eagerly). On a CPU the head is bound by its arithmetic (about 4 GFLOP
+forward and backward at B = 8, T = 97, P = 361) and stays eager: compiling takes minutes.
 
 **Our readings** of what the paper summary leaves open (each one a field of :class:`AGAConfig`):
 
@@ -65,7 +71,8 @@ graphs) brings it to the cost of its matrix products (``medalign bench aga --com
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -111,6 +118,9 @@ class AGAConfig:
     use_iga: bool = True            # False: drop λ2·(L_tf + L_vf)/2
     use_bcga: bool = True           # False: drop λ3·(L_gla + L_gva)/2 (and the attention weights)
     global_only: bool = False       # True: L = λ1·L_g only
+    # speed (ours, no paper knob): torch.compile the local part (§3.2–3.5) on CUDA ("auto"),
+    # also on CPU ("always", worth it only for long runs: compiling takes a minute), or never
+    compile: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self):
         for name in ("gamma_tg", "gamma_vg"):
@@ -123,6 +133,8 @@ class AGAConfig:
             raise ValueError(f"group_values must be 'normalized' or 'raw', got {self.group_values!r}")
         if self.iga_negatives not in ("elements", "groups", "both"):
             raise ValueError(f"iga_negatives must be 'elements', 'groups' or 'both', got {self.iga_negatives!r}")
+        if self.compile not in ("auto", "always", "never"):
+            raise ValueError(f"compile must be 'auto', 'always' or 'never', got {self.compile!r}")
         if self.embed_dim % self.bcga_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by bcga_heads {self.bcga_heads}")
 
@@ -134,6 +146,21 @@ def token_patch_similarity(tokens: torch.Tensor, patches: torch.Tensor) -> torch
     tokens (B, T, d), patches (B, P, d) → S (B, T, P).
     """
     return torch.bmm(l2norm(tokens), l2norm(patches).transpose(1, 2))
+
+
+def _minmax_scale(s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, any_valid: torch.Tensor, eps: float,
+                  fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s − lo) / (hi − lo) with per-slice ``lo``, ``hi`` and ``any_valid`` (broadcastable to s).
+
+    The per-slice constants make the full-size work one subtraction, division and addition: a
+    flat slice (range ≤ eps) divides by ∞ and adds 1, a slice without a valid entry divides by
+    ∞ and adds ``fill``. Returns (ŝ, flat)."""
+    lo, hi = torch.where(any_valid, lo, 0.0), torch.where(any_valid, hi, 0.0)
+    rng = hi - lo
+    flat = (rng <= eps) & any_valid
+    den = torch.where(flat | ~any_valid, float("inf"), rng)
+    offset = torch.where(flat, 1.0, torch.where(any_valid, 0.0, fill)).to(s.dtype)
+    return (s - lo) / den + offset, flat
 
 
 def minmax_normalize(s: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-6,
@@ -157,17 +184,31 @@ def minmax_normalize(s: torch.Tensor, mask: torch.Tensor, dim: int, eps: float =
         any_valid = mask.any(dim, keepdim=True)
     else:
         lo, hi, any_valid = s.amin(dim, keepdim=True), s.amax(dim, keepdim=True), mask
-    lo, hi = torch.where(any_valid, lo, 0.0), torch.where(any_valid, hi, 0.0)
-    rng = hi - lo
-    flat = (rng <= eps) & any_valid
-    # per-slice constants, so that the full-size work is one subtraction, division and addition:
-    # a flat or empty slice divides by ∞ (→ 0) and adds 1 (flat) or ``fill`` (no valid entry)
-    den = torch.where(flat | ~any_valid, float("inf"), rng)
-    offset = torch.where(flat, 1.0, torch.where(any_valid, 0.0, fill)).to(s.dtype)
-    out = (s - lo) / den + offset
+    out, flat = _minmax_scale(s, lo, hi, any_valid, eps, fill)
     if varies:
         out = torch.where(mask, out, fill)
     return out, flat
+
+
+def minmax_normalize_both(s: torch.Tensor, token_mask: torch.Tensor, eps: float = 1e-6,
+                          fill: float = -1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both normalisations of S that AGA groups with, in one pass over its valid entries:
+
+        ŝ^tg_jk = (s_jk − min_k s_jk) / (max_k s_jk − min_k s_jk)      over the patches of token j (TGV)
+        ŝ^vg_jk = (s_jk − min_j s_jk) / (max_j s_jk − min_j s_jk)      over the valid tokens of patch k (PGL)
+
+    s (B, T, P), ``token_mask`` (B, T) bool → (ŝ^tg, ŝ^vg), both (B, T, P) with padded tokens
+    at ``fill``; otherwise as :func:`minmax_normalize` with ``dim=2`` and ``dim=1`` (each
+    group's best element exactly 1, a flat group 1 everywhere). A padded token is a whole row
+    of S: the row minima and maxima read S as it is, and one masked copy for the minima and
+    one for the maxima serve the column direction.
+    """
+    valid = token_mask[:, :, None]                                   # (B, T, 1)
+    s_tg, _ = _minmax_scale(s, s.amin(2, keepdim=True), s.amax(2, keepdim=True), valid, eps, fill)
+    lo = s.masked_fill(~valid, float("inf")).amin(1, keepdim=True)     # (B, 1, P)
+    hi = s.masked_fill(~valid, float("-inf")).amax(1, keepdim=True)
+    s_vg, _ = _minmax_scale(s, lo, hi, token_mask.any(1)[:, None, None], eps, fill)
+    return s_tg, torch.where(valid, s_vg, fill)
 
 
 # --- §3.2–3.3 threshold gates and groups ---------------------------------------------------
@@ -218,11 +259,12 @@ def patch_grouped_language(gated: torch.Tensor, tokens: torch.Tensor) -> torch.T
 class ThresholdGate(nn.Module):
     """One adaptive threshold σ, a buffer updated by momentum in training mode only.
 
-    ``forward(s_bar, valid=True)`` returns the σ this step gates with (0-dim): the stored σ
-    (before the update) once initialised, else the batch's own S̄. In training mode it then
-    stores γ·σ + (1−γ)·S̄ (or S̄ itself on the first step when ``init`` is None), but only when
-    S̄ is finite and ``valid`` (0-dim bool: the batch had a valid token–patch entry); otherwise
-    σ (and whether it is initialised) stays as it was. No host sync.
+    :meth:`threshold` is the σ a step gates with (0-dim): the stored σ once initialised, else
+    the batch's own S̄. :meth:`update` (training mode only) then stores γ·σ + (1−γ)·S̄ (or S̄
+    itself on the first step when ``init`` is None), but only when S̄ is finite and ``valid``
+    (0-dim bool: the batch had a valid token–patch entry); otherwise σ (and whether it is
+    initialised) stays as it was. ``forward(s_bar, valid=True)`` is both: the σ from before
+    the update. No host sync.
     """
 
     def __init__(self, gamma: float, init: float | None = None):
@@ -231,48 +273,67 @@ class ThresholdGate(nn.Module):
         self.register_buffer("sigma", torch.tensor(float(init) if init is not None else 0.0))
         self.register_buffer("initialized", torch.tensor(init is not None))
 
-    def forward(self, s_bar: torch.Tensor, valid: torch.Tensor | bool = True) -> torch.Tensor:
+    def threshold(self, s_bar: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.initialized, self.sigma, s_bar.detach().to(self.sigma.dtype))
+
+    @torch.no_grad()
+    def update(self, s_bar: torch.Tensor, valid: torch.Tensor | bool = True) -> None:
+        if not self.training:
+            return
         s_bar = s_bar.detach().to(self.sigma.dtype)
-        used = torch.where(self.initialized, self.sigma, s_bar)
-        if self.training:
-            with torch.no_grad():
-                ok = torch.isfinite(s_bar) & torch.as_tensor(valid, dtype=torch.bool, device=s_bar.device)
-                # an uninitialised gate's σ is S̄ only where it may move: where(ok, ·, σ) keeps the old one
-                start = torch.where(self.initialized, self.sigma, torch.where(ok, s_bar, self.sigma))
-                self.sigma.copy_(momentum_update(start, s_bar, self.gamma, ok))
-                self.initialized.logical_or_(ok)
-        return used.clone()
+        ok = torch.isfinite(s_bar) & torch.as_tensor(valid, dtype=torch.bool, device=s_bar.device)
+        # an uninitialised gate starts from S̄; σ moves (momentum_update's formula) only where ok
+        start = torch.where(self.initialized, self.sigma, s_bar)
+        self.sigma.copy_(torch.where(ok, self.gamma * start + (1.0 - self.gamma) * s_bar, self.sigma))
+        self.initialized.logical_or_(ok)
+
+    def forward(self, s_bar: torch.Tensor, valid: torch.Tensor | bool = True) -> torch.Tensor:
+        used = self.threshold(s_bar)
+        self.update(s_bar, valid)
+        return used
 
 
 # --- §3.4 IGA ------------------------------------------------------------------------------
 def within_pair_infonce(anchors: torch.Tensor, candidates: torch.Tensor, mask: torch.Tensor | None,
-                        tau: float, pair_mask: torch.Tensor | None = None, normalized: bool = False
-                        ) -> torch.Tensor:
+                        tau: float | Sequence[float], pair_mask: torch.Tensor | None = None,
+                        normalized: bool = False) -> torch.Tensor:
     """InfoNCE inside each pair: anchor j against the pair's valid candidates, positive k = j.
 
         L = mean_i −1/M_i Σ_{j valid} log exp(φ(a_ij, c_ij)/τ) / Σ_{k valid} exp(φ(a_ij, c_ik)/τ)
 
-    anchors, candidates (B, N, d); ``mask`` (B, N) bool or None (all valid); ``pair_mask``
-    (B,) bool, pairs to leave out when False (None: those without a valid element) → 0-dim.
-    φ = cosine (``normalized=True``: both inputs are already L2-normalised, φ = dot product).
-    The mean is over the pairs kept (0 when none); a single valid element gives 0.
+    anchors, candidates (B, N, d) → 0-dim; or candidates (B, K, N, d), K terms with the same
+    anchors (IGA's and BCGA's), each with its own ``tau`` (K floats) → (K,), one loss per term,
+    from one product of the anchors with every term's candidates and one softmax.
+    ``mask`` (B, N) bool or None (all valid); ``pair_mask`` (B,) bool, pairs to leave out when
+    False (None: those without a valid element). φ = cosine (``normalized=True``: both inputs
+    are already L2-normalised, φ = dot product). The mean is over the pairs kept (0 when
+    none); a single valid element gives 0.
     """
-    b, n, _ = anchors.shape
+    single = candidates.dim() == 3
+    if single:
+        candidates = candidates[:, None]
+    b, k, n, _ = candidates.shape
     if not normalized:
         anchors, candidates = l2norm(anchors), l2norm(candidates)
-    logits = torch.bmm(anchors / tau, candidates.transpose(1, 2))                   # (B, N, N)
+    if single:
+        anchors = anchors / tau
+    else:
+        inv_tau = torch.tensor(tau, dtype=candidates.dtype, device=candidates.device).reciprocal()
+        candidates = candidates * inv_tau[:, None, None]                # φ/τ_k: τ folded into each term
+    logits = torch.bmm(anchors, candidates.reshape(b, k * n, -1).transpose(1, 2)).view(b, n, k, n)
     if mask is not None:
-        logits = logits.masked_fill(~mask[:, None, :], NEG_INF)
-    target = torch.arange(n, device=anchors.device).repeat(b)
-    nll = F.cross_entropy(logits.reshape(b * n, n), target, reduction="none").view(b, n)
+        logits = logits.masked_fill(~mask[:, None, None, :], NEG_INF)
+    target = torch.arange(n, device=anchors.device).repeat_interleave(k).repeat(b)
+    nll = F.cross_entropy(logits.reshape(b * n * k, n), target, reduction="none").view(b, n, k)
     if mask is None:
-        per_pair = nll.mean(1)
+        per_pair = nll.mean(1)                                                          # (B, K)
         keep = pair_mask if pair_mask is not None else torch.ones(b, dtype=torch.bool, device=nll.device)
     else:
         count = mask.sum(1)
-        per_pair = torch.where(mask, nll, 0.0).sum(1) / count.clamp_min(1)
+        per_pair = torch.where(mask[:, :, None], nll, 0.0).sum(1) / count.clamp_min(1)[:, None]
         keep = count > 0 if pair_mask is None else pair_mask & (count > 0)
-    return torch.where(keep, per_pair, 0.0).sum() / keep.sum().clamp_min(1)
+    loss = torch.where(keep[:, None], per_pair, 0.0).sum(0) / keep.sum().clamp_min(1)  # (K,)
+    return loss[0] if single else loss
 
 
 def iga_loss(groups: torch.Tensor, elements: torch.Tensor, mask: torch.Tensor | None, tau: float,
@@ -284,38 +345,22 @@ def iga_loss(groups: torch.Tensor, elements: torch.Tensor, mask: torch.Tensor | 
     ``"elements"``: −log exp(φ(p_j,t_j)/τ2) / Σ_k exp(φ(p_j,t_k)/τ2) (the paper's formula);
     ``"groups"``: −log exp(φ(t_j,p_j)/τ2) / Σ_k exp(φ(t_j,p_k)/τ2); ``"both"``: their mean.
     """
+    if negatives not in ("elements", "groups", "both"):
+        raise ValueError(f"unknown iga_negatives {negatives!r} (elements, groups or both)")
     if not normalized:
         groups, elements = l2norm(groups), l2norm(elements)
-    if negatives == "elements":
-        return within_pair_infonce(groups, elements, mask, tau, pair_mask, normalized=True)
-    if negatives == "groups":
-        return within_pair_infonce(elements, groups, mask, tau, pair_mask, normalized=True)
-    if negatives == "both":
-        return 0.5 * (within_pair_infonce(groups, elements, mask, tau, pair_mask, normalized=True)
-                      + within_pair_infonce(elements, groups, mask, tau, pair_mask, normalized=True))
-    raise ValueError(f"unknown iga_negatives {negatives!r} (elements, groups or both)")
+    terms = []
+    if negatives in ("elements", "both"):
+        terms.append(within_pair_infonce(groups, elements, mask, tau, pair_mask, normalized=True))
+    if negatives in ("groups", "both"):
+        terms.append(within_pair_infonce(elements, groups, mask, tau, pair_mask, normalized=True))
+    return sum(terms) / len(terms)
 
 
 # --- §3.5 BCGA -----------------------------------------------------------------------------
-def _attend(att: CrossAttention, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None):
-    """``att``'s weights, computed with the scale folded into Q and padding as an additive
-    bias (fewer full-size passes than ``CrossAttention.forward``, same result for every query
-    with a valid key). → (output (B, Q, D), attention (B, Q, K) averaged over heads)."""
-    b, nq, _ = x.shape
-    nk = y.shape[1]
-    h, dh = att.heads, att.head_dim
-    q = (att.q(x) * dh ** -0.5).view(b, nq, h, dh).transpose(1, 2)
-    k = att.k(y).view(b, nk, h, dh).transpose(1, 2)
-    v = att.v(y).view(b, nk, h, dh).transpose(1, 2)
-    logits = q @ k.transpose(-1, -2)                                        # (B, H, Q, K)
-    if key_mask is not None:
-        bias = torch.where(key_mask, 0.0, NEG_INF).to(logits.dtype)
-        logits = logits + bias[:, None, None, :]
-    attn = logits.softmax(-1)
-    if att.dropout.p > 0:
-        attn = att.dropout(attn)
-    u = (attn @ v).transpose(1, 2).reshape(b, nq, h * dh)
-    return att.out(u), attn.mean(1) if h > 1 else attn[:, 0]
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(B, N, H·dh) → (B·H, N, dh): attention heads as batch entries (a view for one head)."""
+    return x if h == 1 else x.unflatten(-1, (h, -1)).transpose(1, 2).flatten(0, 1)
 
 
 class BCGA(nn.Module):
@@ -325,7 +370,10 @@ class BCGA(nn.Module):
         w_n = Σ_j softmax_j(Q' q_n · K' p_j / √d) V' p_j   PGL q over the valid TGV p
 
     ``t2v`` and ``v2t`` are :class:`~medalign_lite.nn.CrossAttention` modules (their output
-    projection replaced by the identity unless ``out_proj``). ``forward(p, q, text_mask)`` →
+    projection replaced by the identity unless ``out_proj``), whose weights this applies to
+    each modality in one product: p by [Q; K'; V'] (t2v's queries, v2t's keys and values), q
+    by [Q'; K; V] (the scale 1/√d folded into Q and Q'); both directions then read their
+    queries, keys and values as views of those two products. ``forward(p, q, text_mask)`` →
     (u (B, T, d), w (B, P, d), attention t→v (B, T, P), v→t (B, P, T), mean over heads).
     """
 
@@ -338,9 +386,27 @@ class BCGA(nn.Module):
             self.v2t.out = nn.Identity()
 
     def forward(self, p: torch.Tensor, q: torch.Tensor, text_mask: torch.Tensor):
-        u, a_tv = _attend(self.t2v, p, q, None)
-        w, a_vt = _attend(self.v2t, q, p, text_mask)
-        return u, w, a_tv, a_vt
+        t2v, v2t = self.t2v, self.v2t
+        (b, nt, d), n_p = p.shape, q.shape[1]
+        h, dh = t2v.heads, t2v.head_dim
+        scale = dh ** -0.5
+        proj_p = F.linear(p, torch.cat([t2v.q.weight * scale, v2t.k.weight, v2t.v.weight]),
+                          torch.cat([t2v.q.bias * scale, v2t.k.bias, v2t.v.bias]))     # (B, T, 3d)
+        proj_q = F.linear(q, torch.cat([v2t.q.weight * scale, t2v.k.weight, t2v.v.weight]),
+                          torch.cat([v2t.q.bias * scale, t2v.k.bias, t2v.v.bias]))     # (B, P, 3d)
+
+        qp, kp, vp = (_heads(x, h) for x in proj_p.split(d, -1))      # each (B·H, T, dh)
+        qq, kq, vq = (_heads(x, h) for x in proj_q.split(d, -1))      # each (B·H, P, dh)
+        a_tv = torch.bmm(qp, kq.transpose(1, 2)).softmax(-1)                               # (B·H, T, P)
+        logits_vt = torch.bmm(qq, kp.transpose(1, 2))                                      # (B·H, P, T)
+        bias = torch.where(text_mask, 0.0, NEG_INF).to(logits_vt.dtype)
+        a_vt = (logits_vt.view(b, h, n_p, nt) + bias[:, None, None, :]).softmax(-1).flatten(0, 1)
+        u = torch.bmm(t2v.dropout(a_tv), vq)                                               # (B·H, T, dh)
+        w = torch.bmm(v2t.dropout(a_vt), vp)                                               # (B·H, P, dh)
+        if h > 1:
+            u, w = (x.unflatten(0, (b, h)).transpose(1, 2).flatten(2) for x in (u, w))
+        a_tv, a_vt = a_tv.view(b, h, nt, n_p).mean(1), a_vt.view(b, h, n_p, nt).mean(1)
+        return t2v.out(u), v2t.out(w), a_tv, a_vt
 
 
 def bcga_loss(groups: torch.Tensor, attended: torch.Tensor, mask: torch.Tensor | None, tau: float,
@@ -354,6 +420,12 @@ def bcga_loss(groups: torch.Tensor, attended: torch.Tensor, mask: torch.Tensor |
 
 
 # --- the head: §3.2–3.6 on projected embeddings ---------------------------------------------
+#: ``torch.compile`` options of the head's local part (the tests swap in a quick backend).
+COMPILE_OPTIONS: dict = {}
+_compiled_local: Callable | None = None
+_compile_error: str | None = None
+
+
 class AGAHead(nn.Module):
     """Everything after the encoders and projections, on (B, ·, d) embeddings: similarity,
     gates, groups, IGA, BCGA, global loss and the objective. Holds σ_tg, σ_vg and BCGA's Q/K/V.
@@ -372,6 +444,9 @@ class AGAHead(nn.Module):
       ``gated_tg`` after the gate; ``sim_vg`` normalised over tokens and ``gated_vg``
       (padding at −1 in ``sim_tg``/``sim_vg``, 0 after the gate); ``attn_t2v`` (B, T, P) and
       ``attn_v2t`` (B, P, T) when BCGA is on; ``text_mask``.
+
+    The local part (§3.2–3.5, :meth:`local_terms`) reads σ and never writes it, so that
+    ``torch.compile`` can take it whole (``AGAConfig.compile``); σ moves after it.
     """
 
     def __init__(self, config: AGAConfig | None = None):
@@ -394,19 +469,36 @@ class AGAHead(nn.Module):
         if c.global_only or not (c.use_iga or c.use_bcga):
             out["loss"] = loss
             return out
+        local = self._local_fn(text_local.device)(self, image_local, text_local, text_mask)
+        if not c.fixed_thresholds:  # the batch was gated with σ from before the step; now σ moves
+            self.gate_tg.update(local["s_bar_tg"], local["any_valid"])
+            self.gate_vg.update(local["s_bar_vg"], local["any_valid"])
+        # §3.6 the objective
+        if c.use_iga:
+            loss = loss + c.lambda2 / 2 * (local["loss_tf"] + local["loss_vf"])
+        if self.bcga is not None:
+            loss = loss + c.lambda3 / 2 * (local["loss_gla"] + local["loss_gva"])
+        out.update({k: v.detach() for k, v in local.items() if k != "any_valid"})
+        out["text_mask"] = text_mask
+        out["loss"] = loss
+        return out
 
-        # §3.2 similarity of the L2-normalised embeddings, min-max normalised both ways (≥ fp32)
+    def local_terms(self, image_local: torch.Tensor, text_local: torch.Tensor, text_mask: torch.Tensor) -> dict:
+        """§3.2–3.5 on one batch: the similarity, both normalisations, the gates, the groups,
+        and the IGA and BCGA terms, each side's terms (the tokens' L_tf and L_gla, the
+        patches' L_vf and L_gva) as one product and one softmax. Reads σ, never writes it:
+        the S̄ that σ moves towards is returned (``s_bar_tg``, ``s_bar_vg``, ``any_valid``)."""
+        c = self.config
         b, p = text_local.shape[0], image_local.shape[1]
+        # §3.2 similarity of the L2-normalised embeddings, min-max normalised both ways (≥ fp32)
         dtype = torch.promote_types(text_local.dtype, torch.float32)
         tokens_n, patches_n = l2norm(text_local), l2norm(image_local)
         s = torch.bmm(tokens_n, patches_n.transpose(1, 2)).to(dtype)        # S (B, T, P) = token_patch_similarity
-        valid = text_mask[:, :, None]                                        # (B, T, 1)
-        s_tg, _ = minmax_normalize(s, valid, dim=2, eps=c.minmax_eps, fill=-1.0)  # over patches per token
-        s_vg, _ = minmax_normalize(s, valid, dim=1, eps=c.minmax_eps, fill=-1.0)  # over tokens per patch
+        s_tg, s_vg = minmax_normalize_both(s, text_mask, c.minmax_eps, fill=-1.0)
         n_tok = text_mask.sum(1)                                             # M_i (B,)
         pair_mask = n_tok > 0                                                # a pair with a token has PGLs
         n_valid = n_tok.sum() * p                                            # valid (token, patch) entries
-        n_entries = n_valid.clamp_min(1).to(dtype)
+        r: dict = {"any_valid": n_valid > 0}
 
         # §3.2–3.3 thresholds: momentum gates on S̄ (mean over valid entries), or the fixed 1/P, 1/T
         if c.fixed_thresholds:
@@ -417,12 +509,11 @@ class AGAHead(nn.Module):
                 sigma_vg = (1.0 / n_tok.clamp_min(1).to(dtype))[:, None, None]  # (B, 1, 1)
         else:
             with torch.no_grad():  # padding is −1: clamping it to 0 leaves the sum of valid entries
-                s_bar_tg = s_tg.clamp_min(0).sum() / n_entries
-                s_bar_vg = s_vg.clamp_min(0).sum() / n_entries
-            # σ moves only on a finite S̄ of a batch with a valid entry (the gate checks both)
-            sigma_tg = self.gate_tg(s_bar_tg, n_valid > 0).to(dtype)
-            sigma_vg = self.gate_vg(s_bar_vg, n_valid > 0).to(dtype)
-            out.update(s_bar_tg=s_bar_tg, s_bar_vg=s_bar_vg)  # what σ moves towards
+                n_entries = n_valid.clamp_min(1).to(dtype)
+                r["s_bar_tg"] = s_tg.clamp_min(0).sum() / n_entries
+                r["s_bar_vg"] = s_vg.clamp_min(0).sum() / n_entries
+            sigma_tg = self.gate_tg.threshold(r["s_bar_tg"]).to(dtype)
+            sigma_vg = self.gate_vg.threshold(r["s_bar_vg"]).to(dtype)
         g_tg, keep_tg = threshold_gate(s_tg, sigma_tg)
         g_vg, keep_vg = threshold_gate(s_vg, sigma_vg)
 
@@ -434,22 +525,30 @@ class AGAHead(nn.Module):
         grp_tgv = text_grouped_visual(g_tg.to(patches.dtype), patches)    # (B, T, d)
         grp_pgl = patch_grouped_language(g_vg.to(tokens.dtype), tokens)   # (B, P, d)
 
-        # φ = cosine: every vector a loss compares is L2-normalised once, here
+        # φ = cosine: every vector a loss compares is L2-normalised once, here.
+        # §3.4 IGA and §3.5 BCGA, inside each pair; on each side the terms that share anchors
+        # (the groups, with the paper's IGA negatives) are one product and one softmax
         tgv_n, pgl_n = l2norm(grp_tgv), l2norm(grp_pgl)
-        # §3.4 IGA: inside each pair
-        if c.use_iga:
-            l_tf = iga_loss(tgv_n, tokens_n, text_mask, c.tau2, c.iga_negatives, normalized=True)
-            l_vf = iga_loss(pgl_n, patches_n, None, c.tau2, c.iga_negatives, pair_mask, normalized=True)
-            loss = loss + c.lambda2 / 2 * (l_tf + l_vf)
-            out.update(loss_tf=l_tf.detach(), loss_vf=l_vf.detach())
-        # §3.5 BCGA: cross-attention between the groups, then alignment inside each pair
-        if self.bcga is not None:
+        tok_c, pat_c, taus = [], [], []
+        if c.use_iga and c.iga_negatives in ("elements", "both"):   # p_j vs the tokens, q_n vs the patches
+            tok_c.append(tokens_n), pat_c.append(patches_n), taus.append(c.tau2)
+        if self.bcga is not None:                                    # p_j vs u, q_n vs w
             u, w, a_tv, a_vt = self.bcga(grp_tgv, grp_pgl, text_mask)
-            l_gla = bcga_loss(tgv_n, l2norm(u), text_mask, c.tau3, normalized=True)
-            l_gva = bcga_loss(pgl_n, l2norm(w), None, c.tau3, pair_mask, normalized=True)
-            loss = loss + c.lambda3 / 2 * (l_gla + l_gva)
-            out.update(loss_gla=l_gla.detach(), loss_gva=l_gva.detach(),
-                       attn_t2v=a_tv.detach(), attn_v2t=a_vt.detach())
+            tok_c.append(l2norm(u)), pat_c.append(l2norm(w)), taus.append(c.tau3)
+            r.update(attn_t2v=a_tv, attn_v2t=a_vt)
+        if tok_c:
+            l_tok = within_pair_infonce(tgv_n, torch.stack(tok_c, 1), text_mask, taus, normalized=True)
+            l_pat = within_pair_infonce(pgl_n, torch.stack(pat_c, 1), None, taus, pair_mask, normalized=True)
+        if self.bcga is not None:
+            r.update(loss_gla=l_tok[-1], loss_gva=l_pat[-1])
+        if c.use_iga:
+            l_tf, l_vf = [], []
+            if c.iga_negatives in ("elements", "both"):
+                l_tf.append(l_tok[0]), l_vf.append(l_pat[0])
+            if c.iga_negatives in ("groups", "both"):                # t_j vs the groups p, v_m vs q
+                l_tf.append(within_pair_infonce(tokens_n, tgv_n, text_mask, c.tau2, normalized=True))
+                l_vf.append(within_pair_infonce(patches_n, pgl_n, None, c.tau2, pair_mask, normalized=True))
+            r.update(loss_tf=sum(l_tf) / len(l_tf), loss_vf=sum(l_vf) / len(l_vf))
 
         with torch.no_grad():
             n_groups_tg = n_tok.sum().to(dtype)                              # valid TGVs
@@ -460,15 +559,42 @@ class AGAHead(nn.Module):
             e_tg = (over_tg * n_tok.to(dtype)).sum() if over_tg.numel() == b else over_tg.sum() * n_groups_tg
             e_vg = ((over_vg * pair_mask.to(dtype)).sum() * p if over_vg.numel() == b
                     else over_vg.sum() * n_groups_vg)
-            out.update(
-                sigma_tg=sigma_tg.detach().mean(), sigma_vg=sigma_vg.detach().mean(),
+            r.update(
+                sigma_tg=sigma_tg.mean(), sigma_vg=sigma_vg.mean(),
                 group_size_tgv=keep_tg.sum().to(dtype) / n_groups_tg.clamp_min(1),
                 group_size_pgl=keep_vg.sum().to(dtype) / n_groups_vg.clamp_min(1),
                 empty_groups=e_tg + e_vg, empty_tgv=e_tg, empty_pgl=e_vg,
-                sim=s.detach(), sim_tg=s_tg.detach(), gated_tg=g_tg.detach(),
-                sim_vg=s_vg.detach(), gated_vg=g_vg.detach(), text_mask=text_mask)
-        out["loss"] = loss
-        return out
+                sim=s, sim_tg=s_tg, gated_tg=g_tg, sim_vg=s_vg, gated_vg=g_vg)
+        return r
+
+    def _local_fn(self, device: torch.device) -> Callable:
+        """:meth:`local_terms`, compiled once per process (shared by every head: the weights are
+        its inputs) where ``config.compile`` asks for it and ``torch.compile`` works."""
+        global _compiled_local
+        mode = self.config.compile
+        if mode == "never" or (mode == "auto" and device.type != "cuda") or _compile_error is not None:
+            return AGAHead.local_terms
+        if _compiled_local is None:
+            _compiled_local = torch.compile(AGAHead.local_terms, **COMPILE_OPTIONS)
+        return _eager_on_failure
+
+
+def _eager_on_failure(head: AGAHead, *args) -> dict:
+    """The compiled local part; if compiling fails (no compiler, an unsupported Python), say so
+    once and run eagerly from then on (the local part is pure: running it again is safe)."""
+    global _compile_error
+    try:
+        _, text_local, text_mask = args  # reports vary in length: one graph for every T
+        torch._dynamo.maybe_mark_dynamic(text_local, 1)
+        torch._dynamo.maybe_mark_dynamic(text_mask, 1)
+        return _compiled_local(head, *args)
+    except Exception as e:  # noqa: BLE001 - any compiler failure; a real error recurs eagerly below
+        cause = getattr(e, "inner_exception", None) or e.__cause__ or e
+        lines = [line for line in str(cause).splitlines() if line.strip()]
+        _compile_error = f"{type(e).__name__}: {lines[0] if lines else type(cause).__name__}"[:300]
+        warnings.warn(f"AGA head: torch.compile failed ({_compile_error}); running eagerly "
+                      "(set model.compile=never to skip compiling)", RuntimeWarning, stacklevel=3)
+        return AGAHead.local_terms(head, *args)
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -550,6 +676,7 @@ __all__ = [
     "build_aga",
     "iga_loss",
     "minmax_normalize",
+    "minmax_normalize_both",
     "momentum_update",
     "patch_grouped_language",
     "term_gradient_norms",

@@ -142,6 +142,7 @@ class TextEncoder(nn.Module):
                                                          dtype=torch.long), persistent=False)
         self._continuation: torch.Tensor | None = None
         self._cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._tokenized: dict[str, tuple] = {}  # text -> its row (tokenize)
 
     # ------------------------------------------------------------------ feature cache
     def cache_features(self, enabled: bool = True) -> TextEncoder:
@@ -209,10 +210,54 @@ class TextEncoder(nn.Module):
             word strings, one per slot) and ``word_spans`` (B lists of (start, end) character
             spans of those words in the input text; special tokens get (-1, -1)) — what
             phrase grounding needs to find a phrase's words.
+
+        A text's tokens do not depend on the batch it comes in (only the padding does), so
+        each text is tokenised once and remembered (up to :attr:`TOKENIZE_MEMO` texts): a
+        training run meets every report once per epoch, and the runs of an ablation share
+        the encoder. The batch is then the rows padded on the right, exactly as the tokenizer
+        pads them (a tokenizer that pads on the left is not memoised).
         """
         if isinstance(texts, str):
             texts = [texts]
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.cfg.max_length,
+        texts = list(texts)
+        if not texts or self.tokenizer.padding_side != "right" or self.tokenizer.pad_token_id is None:
+            return self._tokenize(texts)
+        memo = self._tokenized
+        miss = [t for t in dict.fromkeys(texts) if t not in memo]
+        if miss:
+            enc = self._tokenize(miss)
+            lengths = enc["attention_mask"].sum(1).tolist()
+            for i, (t, n) in enumerate(zip(miss, lengths)):
+                if len(memo) >= self.TOKENIZE_MEMO:
+                    memo.pop(next(iter(memo)))  # the oldest entry
+                memo[t] = (enc["input_ids"][i, :n].tolist(),
+                           enc["word_ids"][i, :n].tolist() if "word_ids" in enc else None,
+                           enc["words"][i] if "words" in enc else None, enc["word_spans"][i] if "word_spans" in enc else None)
+        rows = [memo[t] if t in memo else self._tokenized_row(t) for t in texts]
+        width = max(len(r[0]) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        out: dict[str, Any] = {
+            "input_ids": torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows], dtype=torch.long),
+            "attention_mask": torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows], dtype=torch.long)}
+        if self.cfg.merge_wordpieces:
+            out["word_ids"] = torch.tensor([r[1] + [-1] * (width - len(r[1])) for r in rows], dtype=torch.long)
+            out["words"] = [list(r[2]) for r in rows]
+            out["word_spans"] = [list(r[3]) for r in rows]
+        return out
+
+    #: Texts whose tokens :meth:`tokenize` remembers (a few KB each; IU X-Ray has 3,955 reports).
+    TOKENIZE_MEMO = 20_000
+
+    def _tokenized_row(self, text: str) -> tuple:
+        """One text's row without the memo (a batch larger than the memo evicted it)."""
+        enc = self._tokenize([text])
+        n = int(enc["attention_mask"][0].sum())
+        return (enc["input_ids"][0, :n].tolist(), enc["word_ids"][0, :n].tolist() if "word_ids" in enc else None,
+                enc["words"][0] if "words" in enc else None, enc["word_spans"][0] if "word_spans" in enc else None)
+
+    def _tokenize(self, texts: list[str]) -> dict[str, Any]:
+        """The tokenizer on one batch (no memo)."""
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length,
                              return_tensors="pt", return_token_type_ids=False)
         out: dict[str, Any] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self.cfg.merge_wordpieces:
@@ -220,36 +265,41 @@ class TextEncoder(nn.Module):
         return out
 
     def _word_map(self, enc, texts: Sequence[str]) -> tuple[torch.Tensor, list[list[str]], list[list[tuple[int, int]]]]:
-        """(B, T) word slots from the tokenizer's ``word_ids`` (tokenisation time, not forward)."""
+        """(B, T) word slots from the tokenizer's ``word_ids`` (tokenisation time, not forward;
+        built as Python lists and made a tensor once: a step tokenises its whole batch)."""
         ids = enc["input_ids"]
-        word_ids = torch.full_like(ids, -1)
+        rows: list[list[int]] = []
         all_words: list[list[str]] = []
         all_spans: list[list[tuple[int, int]]] = []
-        for b in range(ids.shape[0]):
+        for b, mask in enumerate(enc["attention_mask"].tolist()):
             slots: dict[Any, int] = {}
             words: list[str] = []
             spans: list[tuple[int, int]] = []
-            mask = enc["attention_mask"][b].tolist()
+            row = [-1] * len(mask)
             for t, w in enumerate(enc.word_ids(b)):
                 if not mask[t]:
                     continue
                 if w is None:  # special token added by the post-processor
                     if self.cfg.drop_special:
                         continue
-                    key, text = ("special", t), self.tokenizer.convert_ids_to_tokens(int(ids[b, t]))
-                    span = (-1, -1)
+                    key = ("special", t)
                 else:
                     key = ("word", w)
-                    chars = enc.word_to_chars(b, w)
-                    text = texts[b][chars.start:chars.end] if chars is not None else ""
-                    span = (chars.start, chars.end) if chars is not None else (-1, -1)
-                if key not in slots:
+                if key not in slots:  # a word's text and span: from its first piece
+                    if w is None:
+                        text, span = self.tokenizer.convert_ids_to_tokens(int(ids[b, t])), (-1, -1)
+                    else:
+                        chars = enc.word_to_chars(b, w)
+                        text = texts[b][chars.start:chars.end] if chars is not None else ""
+                        span = (chars.start, chars.end) if chars is not None else (-1, -1)
                     slots[key] = len(words)
                     words.append(text)
                     spans.append(span)
-                word_ids[b, t] = slots[key]
+                row[t] = slots[key]
+            rows.append(row)
             all_words.append(words)
             all_spans.append(spans)
+        word_ids = torch.tensor(rows, dtype=ids.dtype).reshape(ids.shape)
         return word_ids, all_words, all_spans
 
     def wordpiece_word_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

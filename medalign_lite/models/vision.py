@@ -46,6 +46,16 @@ from .loading import (
     resolve_pretrained,
 )
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AMX or AVX512-BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
 
 @dataclass
 class VisionConfig:
@@ -69,6 +79,12 @@ class VisionConfig:
         hf_config: a transformers config as a dict with ``model_type`` (e.g. a tiny
             ``Dinov2Config``) for random init without any file; overrides the named model's.
         allow_download: permit a one-time download of missing weights (see ``loading``).
+        precision: the backbone's arithmetic. ``"fp32"``; ``"bf16"``: under bfloat16 autocast
+            (weights stay float32, the features come out float32, convolutions run channels-last);
+            ``"auto"``: bf16 on a CPU that computes it natively (AMX or AVX512-BF16, where it runs
+            2–3× faster than fp32: ``medalign bench``), fp32 elsewhere — on a GPU the trainer's
+            mixed precision decides. The result depends on the choice (and so on the CPU with
+            ``"auto"``): it is part of a cache key like any other field.
     """
 
     name: str = "tiny_cnn"
@@ -80,6 +96,7 @@ class VisionConfig:
     tiny_widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     hf_config: dict[str, Any] | None = None
     allow_download: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.in_chans not in (1, 3):
@@ -88,6 +105,8 @@ class VisionConfig:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if len(self.tiny_widths) != 5:
             raise ValueError("tiny_widths needs 5 widths: stem, layer1..layer4")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 # --------------------------------------------------------------------------- tiny_cnn
@@ -176,6 +195,19 @@ class ImageEncoder(nn.Module):
         if images.ndim != 4 or images.shape[1] != self.cfg.in_chans:
             raise ValueError(f"{self.cfg.name} expects images (B, {self.cfg.in_chans}, H, W), "
                              f"got {tuple(images.shape)}")
+        if not self._bf16(images.device):
+            return self._forward(images)
+        if self.family in ("tiny", "timm_cnn"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            f = self._forward(images)
+        return ImageFeatures(pooled=f.pooled.float(), patches=f.patches.float(), grid=f.grid)
+
+    def _bf16(self, device: torch.device) -> bool:
+        p = self.cfg.precision
+        return p == "bf16" or (p == "auto" and device.type == "cpu" and cpu_has_native_bf16())
+
+    def _forward(self, images: torch.Tensor) -> ImageFeatures:
         if self.family in ("tiny", "timm_cnn"):
             return self._forward_cnn(images)
         if self.family == "timm_vit":
@@ -328,4 +360,4 @@ def build_image_encoder(cfg: VisionConfig | None = None) -> ImageEncoder:
     return enc
 
 
-__all__ = ["ImageEncoder", "TinyCNN", "VisionConfig", "build_image_encoder"]
+__all__ = ["PRECISIONS", "ImageEncoder", "TinyCNN", "VisionConfig", "build_image_encoder", "cpu_has_native_bf16"]

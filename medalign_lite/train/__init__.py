@@ -84,7 +84,9 @@ The package, in reading order:
   :func:`verify_checkpoint`, :func:`resume_checkpoint`);
 - :mod:`.guard`: the non-finite guard (:class:`StepGuard`, :class:`NonFiniteLossError`,
   :class:`NonFiniteWeightsError`);
-- :mod:`.trainer`: :class:`Trainer`, the loop, its checkpoints and ``metrics.jsonl``.
+- :mod:`.trainer`: :class:`Trainer`, the loop, its checkpoints and ``metrics.jsonl``;
+- :mod:`.timing`: where a step's time goes (:func:`record_steps`: data, forward, backward,
+  optimizer, bookkeeping per optimizer step; ``medalign bench train-step`` reads it).
 """
 from __future__ import annotations
 
@@ -119,10 +121,12 @@ from .stages import (
     trainable_names,
     warmup_cosine,
 )
+from .timing import PHASES, StepTimer, record_steps
 from .trainer import Trainer
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "PHASES",
     "PRECISIONS",
     "TRAINER_STATE",
     "WEIGHTS",
@@ -134,6 +138,7 @@ __all__ = [
     "SeededItems",
     "Stage",
     "StepGuard",
+    "StepTimer",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -143,6 +148,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint_weights",
     "load_weights",
+    "record_steps",
     "replace_checkpoint_weights",
     "resume_checkpoint",
     "save_weights",

@@ -47,6 +47,7 @@ from .guard import (
 )
 from .sampling import EpochSampler, SeededItems, _mix
 from .stages import Stage, TrainConfig, TrainResult, freeze_for_stage, warmup_cosine
+from .timing import active_timer
 
 logger = logging.getLogger(__name__)
 
@@ -466,6 +467,7 @@ class Trainer:
         last_ckpt = ckpt
         raw = self.model
         stages_run = 0
+        timer = active_timer()  # None unless a record_steps() block is open (train.timing)
 
         for si in range(pos.stage_index, len(cfg.stages)):
             stage = cfg.stages[si]
@@ -525,6 +527,8 @@ class Trainer:
             sampler.stage = si
             bar = quiet_progress(total=total, initial=pos.stage_step, desc=f"{stage.name}", unit="step",
                                  enabled=None if acc.is_main_process else False)
+            if timer is not None:
+                timer.start()
             while pos.stage_step < total:
                 if pos.step_in_epoch >= steps_per_epoch:
                     pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
@@ -534,18 +538,28 @@ class Trainer:
                 epoch_loader = acc.skip_first_batches(loader, skip) if skip else loader
                 stopped_early = False
                 for batch in epoch_loader:
+                    if timer is not None:
+                        timer.lap("data")
                     with acc.accumulate(model):
                         guard.begin(raw)
                         out_ = model(batch)
                         if not isinstance(out_, dict) or "loss" not in out_:
                             raise TypeError("model.forward(batch) must return a dict with a 'loss' tensor, got "
                                             f"{type(out_).__name__}" + (f" with keys {list(out_)}" if isinstance(out_, dict) else ""))
+                        if timer is not None:
+                            timer.lap("forward")
                         acc.backward(out_["loss"])
+                        if timer is not None:
+                            timer.lap("backward")
                         guard.add(out_["loss"], batch)
                         step_window.add(out_, acc.device)
                         lr = scheduler.get_last_lr()[0]
+                        if timer is not None:
+                            timer.lap("other")
                         skipped = self._optimizer_step(optimizer, scheduler, clip_params, guard) \
                             if acc.sync_gradients else None
+                        if timer is not None and acc.sync_gradients:
+                            timer.lap("optimizer")
                     if not acc.sync_gradients:
                         continue
                     if skipped is None:  # a skipped step's outputs stay out of the logged means
@@ -577,9 +591,12 @@ class Trainer:
                     if self.eval_fn is not None and (
                             (cfg.eval_every and pos.global_step % cfg.eval_every == 0) or pos.stage_step == total):
                         self._evaluate(model, stage, pos, elapsed, metrics)
-                    if (cfg.save_every and pos.global_step % cfg.save_every == 0) or pos.stage_step == total:
+                    save = bool(cfg.save_every and pos.global_step % cfg.save_every == 0) or pos.stage_step == total
+                    if save:
                         last_ckpt = self._save(model, optimizer, scheduler, pos, window, total, elapsed,
                                                guard.in_a_row)
+                    if timer is not None:
+                        timer.end_step(stage=stage.name, global_step=pos.global_step, checkpoint=save)
                     if pos.stage_step >= total:
                         stopped_early = True
                         break

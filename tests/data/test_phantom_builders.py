@@ -165,3 +165,25 @@ def test_item_cache_returns_the_same_items_and_refuses_random_transforms(iu, mon
         assert b["text"] == a["text"] and b is not c  # a fresh dict each time
     with pytest.raises(ValueError, match="train=False"):
         ManifestDataset(iu, split=None, image_size=48, train=True, cache=True)
+    # the eval transform draws no random number: the trainer reads such items without seeding
+    assert plain.deterministic and cached.deterministic
+    assert not ManifestDataset(iu, split=None, image_size=48, train=True).deterministic
+    assert not ManifestDataset(iu, split=None, image_size=48, transform=lambda *x: x).deterministic
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    plain[0]
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_with_text_reads_another_report_style_and_shares_the_image_cache(iu, monkeypatch):
+    written = ManifestDataset(iu, split=None, text_columns=("written_findings",), image_size=48, cache=True)
+    first = written[2]
+    structured = written.with_text(("structured_findings",))
+    monkeypatch.setattr(written, "_load", lambda i: pytest.fail("the shared cache must serve the item"))
+    monkeypatch.setattr(structured, "_load", lambda i: pytest.fail("the shared cache must serve the item"))
+    item = structured[2]
+    assert item["text"] == structured.df.iloc[2]["structured_findings"] != first["text"]
+    assert written[2]["text"] == first["text"] == written.df.iloc[2]["written_findings"]
+    assert torch.equal(item["frontal"], first["frontal"])
+    with pytest.raises(ValueError, match="not in the manifest"):
+        written.with_text(("no_such_column",))

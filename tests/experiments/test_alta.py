@@ -68,6 +68,10 @@ def test_claims_read_each_verdict_against_the_papers_sentence():
     assert paper_reading(masked_worse) == "contradicted"
     assert {c[0] for c in CLAIMS} >= {"adapters > full fine-tuning", "four views > current frontal"}
     assert seconds_per_step([{"global_step": 4, "time": 2.0}, {"global_step": 10, "time": 5.0}]) == 0.5
+    # an interval that starts at a learning-curve evaluation carries the evaluation's time: left out
+    with_curve = [{"global_step": 5, "time": 1.0}, {"global_step": 5, "eval/val_i2t_P@5": 0.3, "time": 1.0},
+                  {"global_step": 10, "time": 9.0}]
+    assert seconds_per_step(with_curve) == 0.2  # not the median of 0.2 and 1.6
 
 
 @pytest.fixture

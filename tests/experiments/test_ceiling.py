@@ -31,15 +31,16 @@ def test_label_targets_follow_the_uncertain_policy():
         label_targets(labels, "half")
 
 
-def test_logits_are_the_mean_of_the_exact_cam_and_the_loss_matches_a_loop():
+def test_local_logits_are_the_mean_of_the_exact_cam_and_the_loss_matches_a_loop():
     torch.manual_seed(0)
     model = LabelCeiling(FakeImageEncoder(), n_labels=3)
     images = torch.randn(4, 1, 16, 16)
     cam, grid = model.cam(images)
     assert cam.shape == (4, 3, grid[0] * grid[1])
-    torch.testing.assert_close(model.logits(images), cam.mean(-1))
-    feats = model.image_encoder(images).patches                      # the map really is w_cᵀ v_p + b_c
-    torch.testing.assert_close(cam[1, 2], feats[1] @ model.head.weight[2] + model.head.bias[2])
+    torch.testing.assert_close(model.local_logits(images), cam.mean(-1))
+    f = model.image_encoder(images)                                  # the map really is w_cᵀ v_p + b_c
+    torch.testing.assert_close(cam[1, 2], f.patches[1] @ model.head.weight[2] + model.head.bias[2])
+    torch.testing.assert_close(model.logits(images), f.pooled @ model.head_global.weight.T + model.head_global.bias)
 
     class B:  # a batch: images and labels
         pass
@@ -47,15 +48,17 @@ def test_logits_are_the_mean_of_the_exact_cam_and_the_loss_matches_a_loop():
     b = B()
     b.images, b.labels = images, torch.tensor([[1.0, 0, float("nan")], [-1, 1, 0], [0, 0, 0], [1, 1, 1]])
     loss = model(b)["loss"]
-    z = model.logits(images).detach()
-    terms = []
-    for i in range(4):  # the plain reference: one labelled entry at a time
-        for c in range(3):
-            y = float(b.labels[i, c])
-            if y in (0.0, 1.0):
-                p = torch.sigmoid(z[i, c])
-                terms.append(-(y * torch.log(p) + (1 - y) * torch.log(1 - p)))
-    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    expected = 0.0
+    for z in (model.logits(images).detach(), model.local_logits(images).detach()):  # each head's mean BCE
+        terms = []
+        for i in range(4):  # the plain reference: one labelled entry at a time
+            for c in range(3):
+                y = float(b.labels[i, c])
+                if y in (0.0, 1.0):
+                    p = torch.sigmoid(z[i, c])
+                    terms.append(-(y * torch.log(p) + (1 - y) * torch.log(1 - p)))
+        expected += torch.stack(terms).mean().item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,8 @@ def manifest(tiny_manifest):
 
 
 def _recipe(**kw):
-    return AlignmentRecipe(method="aga", vision=VisionConfig(name="tiny_cnn", image_size=32), image_size=32,
-                           embed_dim=16, batch_size=3, epochs=1, max_steps=2, device="cpu", **kw)
+    return AlignmentRecipe(**{"method": "aga", "vision": VisionConfig(name="tiny_cnn", image_size=32), "image_size": 32,
+                              "embed_dim": 16, "batch_size": 3, "epochs": 1, "max_steps": 2, "device": "cpu", **kw})
 
 
 def test_cached_text_recipe_trains_an_ablation_without_touching_the_text_encoder(manifest, tmp_path):
@@ -102,6 +102,45 @@ def test_run_variants_keeps_the_first_seeds_model_whatever_the_seed(manifest, tm
     assert res[0].seed == 10 and res[0].model is not None and res[1].model is None
 
 
+def test_run_variants_in_workers_equals_one_process_and_logs_a_learning_curve(manifest, tmp_path):
+    """Two worker processes give the runs of one process bit for bit (one intra-op thread each);
+    the kept model comes back around this process's shared text encoder; the validation curve
+    is logged every ``eval_every`` steps and at the end."""
+    from medalign_lite.data.manifest import load_manifest
+    from medalign_lite.experiments.variants import RetrievalCurve, run_variants, shared_text_encoder
+
+    gallery = tmp_path / "gallery.csv"
+    write_manifest(load_manifest(manifest).assign(**{"class": ["Edema", "Atelectasis"] * 3}), gallery)
+    gal = ManifestDataset(gallery, split=None, image_size=32, cache=True)
+    train = ManifestDataset(manifest, split="train", image_size=32, cache=True)
+    from medalign_lite.experiments.ceiling import LabelCeiling, SupervisedCeiling
+
+    full = _recipe(cache_text=True, augment=False, epochs=2, max_steps=3)
+    variants = {"full": full, "no_bcga": _recipe(cache_text=True, augment=False, epochs=2, max_steps=3,
+                                                 method_options={"use_bcga": False}),
+                "ceiling": SupervisedCeiling(full)}
+    kw = {"seeds": [0, 1], "manifest": manifest, "gallery_manifest": gallery, "train_dataset": train,
+          "gallery_dataset": gal, "ks": (1, 2), "threads": 1, "curve": RetrievalCurve(gal, ks=(1,)), "eval_every": 2}
+    one = run_variants(variants, output_dir=tmp_path / "one", workers=1, **kw)
+    seen = []
+    two = run_variants(variants, output_dir=tmp_path / "two", workers=2, on_result=lambda r: seen.append(r.name), **kw)
+    assert [(r.name, r.seed) for r in two] == [(n, s) for s in (0, 1) for n in ("full", "no_bcga", "ceiling")]
+    assert sorted(seen) == ["ceiling", "ceiling", "full", "full", "no_bcga", "no_bcga"]
+    for a, b in zip(one, two):
+        losses = [[h["loss"] for h in r.history if "loss" in h] for r in (a, b)]
+        key = "i2i_P@1" if a.name == "ceiling" else "i2t_P@1"  # the ceiling: image→image
+        assert a.retrieval[key] == b.retrieval[key] and losses[0] == losses[1] and losses[0]
+        assert a.curve(f"val_{key}") == b.curve(f"val_{key}")
+        assert a.curve(f"val_{key}")[0] == [2, 3]  # every 2 steps, and at the end of the 3
+    for a, b in zip(one[:3], two[:3]):  # the first seed's models are kept
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        if b.name != "ceiling":
+            assert b.model.text_encoder is shared_text_encoder(b.recipe.text)
+    assert isinstance(two[2].model, LabelCeiling)
+    assert all(r.model is None for r in one[3:] + two[3:])
+
+
 def test_recipe_from_config_reads_every_section_and_checks_keys():
     from medalign_lite.config import ConfigError
     from medalign_lite.experiments.contrastive import recipe_from_config
@@ -110,7 +149,8 @@ def test_recipe_from_config_reads_every_section_and_checks_keys():
                                         "data.text_columns=[written_findings]"], seed=3)
     assert (r.method, r.image_size, r.vision.image_size, r.lr, r.seed) == ("aga", 64, 64, 0.01, 3)
     assert r.method_options == {"use_bcga": False} and r.text_columns == ("written_findings",)
-    assert r.cache_text and not r.augment and r.trainable is None and r.max_steps == 60
+    assert r.cache_text and not r.augment and r.trainable is None and r.max_steps == 800
+    assert r.extra_studies == 4000 and r.vision.precision == "auto"
     assert "head.*" not in recipe_trainable(r)  # BCGA off: its attention has nothing to train
     c = recipe_from_config("convirt_tiny")
     assert c.method == "convirt" and c.trainable == ["image_encoder.*", "img_*", "txt_*"]
@@ -134,3 +174,42 @@ def test_aga_variant_table_changes_only_what_it_names():
         full.vision, full.text, full.max_steps, full.text_columns)
     with pytest.raises(ValueError, match="unknown AGA variant"):
         variant_recipes(["fuller"])
+
+
+def test_score_grounding_patch_game_credits_the_right_patch_the_pixel_game_cannot_hit():
+    """A finding smaller than a patch, away from every patch centre: a map that picks its patch
+    scores 1 in the patch game and 0 in the pixel game; a map that picks another patch scores 0
+    in both. Kinds are grouped as GROUNDING_GROUPS says."""
+    from medalign_lite.experiments.contrastive import score_grounding
+
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, 7] = True                                          # the corner pixel of patch (0, 1) of a 2×2 grid
+    right = torch.tensor([0.0, 1.0, 0.0, 0.0])                 # argmax: patch (0, 1)
+    wrong = torch.tensor([0.0, 0.0, 1.0, 0.0])                 # argmax: patch (1, 0)
+    big = torch.zeros(8, 8, dtype=torch.bool)
+    big[4:, 4:] = True
+    g = score_grounding([right, wrong, torch.tensor([0.0, 0.0, 0.0, 1.0])], [mask, mask, big],
+                        ["nodule", "granuloma", "cardiomegaly"], ["a", "b", "c"], (2, 2))
+    assert g["per_kind"]["nodule"]["pointing_patch"] == 1.0 and g["per_kind"]["nodule"]["pointing"] == 0.0
+    assert g["per_kind"]["granuloma"]["pointing_patch"] == 0.0
+    assert g["per_kind"]["cardiomegaly"]["pointing"] == 1.0 and g["per_kind"]["cardiomegaly"]["pointing_patch"] == 1.0
+    assert g["groups"]["small"]["n"] == 2 and g["groups"]["small"]["pointing_patch"] == 0.5
+    assert g["groups"]["large"]["n"] == 1 and g["pointing_patch"] == pytest.approx(2 / 3)
+    assert g["pointing_game"] == pytest.approx(1 / 3)
+
+
+def test_restrict_grounding_scores_the_same_phrases_again():
+    from medalign_lite.experiments.contrastive import restrict_grounding, score_grounding
+
+    torch.manual_seed(0)
+    maps = [torch.randn(4) for _ in range(6)]
+    masks = [torch.rand(8, 8) > 0.6 for _ in range(6)]
+    kinds = ["nodule", "cardiomegaly", "scoliosis", "cardiomegaly", "nodule", "edema"]
+    g = score_grounding(maps, masks, kinds, list("abcdef"), (2, 2))
+    sub = restrict_grounding(g, {"cardiomegaly", "edema"})
+    direct = score_grounding([maps[i] for i in (1, 3, 5)], [masks[i] for i in (1, 3, 5)],
+                             ["cardiomegaly", "cardiomegaly", "edema"], list("bdf"), (2, 2))
+    assert sub["n_phrases"] == 3 and sub["kinds"] == direct["kinds"]
+    for k in ("pointing_game", "pointing_patch", "mask_auroc"):
+        assert sub[k] == pytest.approx(direct[k])
+    assert restrict_grounding(g, {"pneumothorax"}) == {"n_phrases": 0}

@@ -148,7 +148,7 @@ def _head(d, **kw) -> AGAHead:
 def test_batched_head_matches_per_pair_reference(b, t, p, d, seed, sigma, fixed, negatives, same):
     head = _head(d, sigma_init=sigma, fixed_thresholds=fixed, iga_negatives=negatives,
                  lambda1=0.7, lambda2=1.3, lambda3=0.9).eval()
-    x = _inputs(b, t, p, d, seed, same_tokens=same == "tokens", same_patches=same == "patches")
+    x = _inputs(b, t, p, d, seed, same_tokens=same == "tokens", same_patches=same == "patches", grad=True)
     mask = x[3]
     out = head(*x)
     if fixed:
@@ -159,6 +159,14 @@ def test_batched_head_matches_per_pair_reference(b, t, p, d, seed, sigma, fixed,
     for k in LOSS_KEYS:
         assert torch.isfinite(out[k]), k
         assert abs(float(out[k].detach()) - float(want[k].detach())) < 1e-5, (k, float(out[k]), float(want[k]))
+    # the gradients too: every input embedding and BCGA's Q, K, V (min-max, gates, groups, softmaxes)
+    leaves = [x[0], x[1], x[2], x[4], *head.parameters()]
+    got = torch.autograd.grad(out["loss"], leaves, allow_unused=True)
+    ref = torch.autograd.grad(want["loss"], leaves, allow_unused=True)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        g = torch.zeros_like(leaves[i]) if g is None else g
+        r = torch.zeros_like(leaves[i]) if r is None else r
+        assert torch.allclose(g, r, atol=1e-7, rtol=1e-6), (i, float((g - r).abs().max()))
     for k in ("empty_groups", "group_size_tgv", "group_size_pgl"):
         assert abs(float(out[k]) - want[k]) < 1e-9, (k, float(out[k]), want[k])
     assert abs(float(out["sigma_tg"]) - sigma_tg) < 1e-12
@@ -450,7 +458,8 @@ def test_registered_and_configs_load():
     tiny = {s: load_config(c, "aga_tiny", section=s) for s, c in
             (("model", AGAConfig), ("vision", VisionConfig), ("text", TextConfig), ("train", TrainConfig))}
     assert tiny["model"].embed_dim == 128 and tiny["vision"].name == "tiny_cnn" and tiny["text"].name == "minilm"
-    assert tiny["train"].stages[0].max_steps == 60  # trainable: not written, default_trainable decides
+    assert tiny["train"].stages[0].max_steps >= 1 and tiny["vision"].image_size == 96
+    assert tiny["train"].stages[0].trainable == ["*"]  # not written in the file: default_trainable decides
     full = {s: load_config(c, "aga_full", section=s) for s, c in
             (("model", AGAConfig), ("vision", VisionConfig), ("text", TextConfig), ("train", TrainConfig))}
     assert (full["model"].embed_dim, full["model"].tau2, full["model"].tau3) == (128, 0.3, 0.1)
@@ -493,19 +502,25 @@ def test_bench_aga_small_shapes_and_cli(capsys):
 
     tiny_bert = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,
                  "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32}
-    res = bench_aga(2, t=6, p=16, d=8, gloria_dims=(16, 8), repeats=1, vision="tiny_cnn", image_size=64,
-                    text_hf_config=tiny_bert)
+    res = bench_aga(3, t=6, p=16, d=8, gloria_dims=(16, 8), repeats=1, vision="tiny_cnn", image_size=64,
+                    text_hf_config=tiny_bert, dtypes=("float32", "bfloat16"))  # GPU default: both dtypes
+    assert set(res["by_dtype"]["bfloat16"]) >= {"head_s", "encoders_s", "head_share", "vs_gloria", "vs_gloria_d8"}
     assert {"head_share", "vs_gloria", "vs_gloria_d8", "head_s", "encoders_s"} <= set(res)
     assert res["encoder_P"] == 16 and res["text_layers"] == 1 and math.isfinite(res["head_share"])
+    # on a CPU the encoders run on 2 pairs and are extrapolated per pair to B; GLoRIA and the head run at B
+    assert res["encoders_measured_B"] == 2 and res["encoders_extrapolated"] and res["B"] == 3
+    assert res["dtypes"] == ["float32", "bfloat16"] and res["by_dtype"]["float32"]["head_s"] == res["head_s"]
+    assert res["head_share"] == pytest.approx(res["head_s"] / res["encoders_s"])
     args = build_parser().parse_args(["bench", "aga", "--json"])
-    assert args.batch_size is None and (args.tokens, args.patches, args.dim) == (97, 361, 128)
-    rc = main(["bench", "aga", "--json", "--no-encoders", "--batch-size", "2", "--tokens", "6",
-               "--patches", "16", "--dim", "8", "--gloria-dims", "16", "--repeats", "1"])
+    assert (args.batch_size, args.tokens, args.patches, args.dim) == (48, 97, 361, 128)  # the paper's, on every device
+    rc = main(["bench", "aga", "--json", "--batch-size", "3", "--tokens", "6", "--patches", "16", "--dim", "8",
+               "--gloria-dims", "16", "--repeats", "1", "--vision", "tiny_cnn", "--image-size", "64",
+               "--encoder-batch", "1"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     res = json.loads(lines[-1])
-    assert res["B"] == 2 and math.isfinite(res["vs_gloria"]) and "head_share" not in res
-    assert any("scaled down" in line for line in lines)
+    assert res["B"] == 3 and math.isfinite(res["vs_gloria"]) and res["encoders_measured_B"] == 1
+    assert any("scaled down" in line and "extrapolated" in line for line in lines)
 
 
 def test_term_gradient_norms_match_single_term_models_and_restore_state():
@@ -525,3 +540,69 @@ def test_term_gradient_norms_match_single_term_models_and_restore_state():
     assert norms["IGA"] == pytest.approx(float(torch.sqrt(sum((x.double() ** 2).sum() for x in g))), rel=1e-6)
     assert set(term_gradient_norms(AGA(FakeImageEncoder(), FakeTextEncoder(),
                                        AGAConfig(embed_dim=8, use_bcga=False)), batch)) == {"L_g", "IGA"}
+
+
+# --- torch.compile: the same numbers, a clean fallback, an opt-out ---------------------------
+@pytest.fixture
+def compile_with(monkeypatch):
+    """Compile the head's local part with the given torch.compile options, fresh (no compiled
+    function or recorded failure from an earlier test)."""
+    from medalign_lite.methods import aga
+
+    def use(**options):
+        monkeypatch.setattr(aga, "COMPILE_OPTIONS", options)
+        monkeypatch.setattr(aga, "_compiled_local", None)
+        monkeypatch.setattr(aga, "_compile_error", None)
+        return aga
+    return use
+
+
+@pytest.mark.parametrize("backend,kw", [("aot_eager", {}),  # with its backward graph
+                                        ("eager", {"fixed_thresholds": True, "iga_negatives": "both", "bcga_heads": 2})])
+def test_compiled_head_matches_eager_whole_graph(compile_with, backend, kw):
+    """The local part traces as one graph (fullgraph: no graph break, σ read and never written
+    inside) and gives what the eager head gives, σ updates included, for batches of several
+    lengths (T varies with the longest report)."""
+    compile_with(backend=backend, fullgraph=True)
+    compiled = _head(6, compile="always", gamma_tg=0.9, **kw).train()
+    eager = _head(6, compile="never", gamma_tg=0.9, **kw).train()
+    for t, seed in ((5, 1), (8, 2)):
+        x = _inputs(3, t, 7, 6, seed)
+        a, b = compiled(*x), eager(*x)
+        for k in (*LOSS_KEYS, "sigma_tg", "sigma_vg", "group_size_tgv", "empty_groups"):
+            assert torch.allclose(a[k], b[k], atol=1e-12), k
+        assert torch.equal(compiled.gate_tg.sigma, eager.gate_tg.sigma)
+    if backend == "eager":  # evaluation (no update of σ) traces as well; the quick backend checks it
+        out = compiled.eval()(*_inputs(2, 4, 7, 6, 4))
+        assert torch.allclose(out["loss"], eager.eval()(*_inputs(2, 4, 7, 6, 4))["loss"], atol=1e-12)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(compile_with):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    aga = compile_with(backend=broken)
+    head, ref = _head(5, compile="always").train(), _head(5, compile="never").train()
+    x = _inputs(2, 4, 6, 5, 0)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*no compiler here"):
+        out = head(*x)
+    assert torch.allclose(out["loss"], ref(*x)["loss"], atol=1e-12)
+    assert torch.equal(head.gate_tg.sigma, ref.gate_tg.sigma)  # σ moved once, as in the eager head
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head(*x)  # eager from now on, silently
+    assert "no compiler here" in aga._compile_error
+
+
+def test_compile_modes():
+    """auto: compiled on CUDA only; never: eager everywhere; always: also on CPU."""
+    from medalign_lite.methods import aga
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    eager = AGAHead.local_terms
+    assert _head(4)._local_fn(cpu) is eager and _head(4, compile="never")._local_fn(cuda) is eager
+    if aga._compile_error is None:
+        assert _head(4)._local_fn(cuda) is not eager and _head(4, compile="always")._local_fn(cpu) is not eager
+    with pytest.raises(ValueError, match="compile must be"):
+        AGAConfig(compile="yes")

@@ -38,18 +38,36 @@ def _batch(b=4, t=7, size=16, seed=0, lengths=None):
                  labels=torch.zeros(b, 14), input_ids=ids * mask, attention_mask=mask.long())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(b=st.integers(1, 5), t=st.integers(1, 8), p=st.integers(1, 9), d=st.integers(2, 6),
-       seed=st.integers(0, 10_000), chunk=st.sampled_from([None, 1, 2]))
-def test_batched_local_similarity_matches_reference(b, t, p, d, seed, chunk):
+       seed=st.integers(0, 10_000), chunk=st.sampled_from([None, 1, 2]), route=st.sampled_from(["gram", "context"]))
+def test_batched_local_similarity_matches_reference(b, t, p, d, seed, chunk, route):
+    """Both routes (the attended context built, or its norm from the regions' Gram matrix)
+    equal GLoRIA's loop, whatever P against D."""
     g = torch.Generator().manual_seed(seed)
     words = torch.randn(b, t, d, generator=g, dtype=torch.float64)
     regions = torch.randn(b, p, d, generator=g, dtype=torch.float64)
     lengths = torch.randint(1, t + 1, (b,), generator=g)
     mask = torch.arange(t)[None] < lengths[:, None]
-    got = gloria_local_similarity(words, mask, regions, 4.0, 5.0, chunk=chunk)
+    got = gloria_local_similarity(words, mask, regions, 4.0, 5.0, chunk=chunk, route=route)
     want = reference_local_similarity(words, mask, regions, 4.0, 5.0)
     assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    got_max = gloria_local_similarity(words, mask, regions, 4.0, 5.0, agg="max", chunk=chunk, route=route)
+    want_max = gloria_local_similarity(words, mask, regions, 4.0, 5.0, agg="max", route="context")
+    assert torch.allclose(got_max, want_max, atol=1e-7, rtol=0)
+
+
+def test_gram_route_gradients_equal_the_context_route():
+    torch.manual_seed(1)
+    words = torch.randn(5, 9, 32, dtype=torch.float64, requires_grad=True)
+    regions = torch.randn(5, 16, 32, dtype=torch.float64, requires_grad=True)
+    mask = torch.arange(9)[None] < torch.tensor([9, 4, 1, 7, 9])[:, None]
+    grads = []
+    for route in ("gram", "context"):
+        gloria_local_loss_sum = sum(gloria_local_loss(words, mask, regions, route=route))
+        grads.append(torch.autograd.grad(gloria_local_loss_sum, (words, regions)))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-9), (a - b).abs().max()
 
 
 def test_local_loss_fp32_within_1e5_and_padding_ignored():

@@ -93,6 +93,29 @@ def test_tokenize_pads_truncates_and_masks_specials(tiny_tokenizer_dir):
     assert f.mask.tolist() == [[False, True, True, False], [False, True, False, False]]
 
 
+@pytest.mark.parametrize("kw", [{}, {"drop_special": False, "max_length": 7}, {"merge_wordpieces": False}])
+def test_tokenize_remembers_each_text_and_pads_as_the_tokenizer(tiny_tokenizer_dir, monkeypatch, kw):
+    """Each text is tokenised once; every batch (texts seen before, new ones, repeats within a
+    batch, an empty text, truncated ones) equals the tokenizer's own padded batch."""
+    import random
+
+    enc = _tiny(tiny_tokenizer_dir, **kw)
+    calls = []
+    real = enc._tokenize
+    monkeypatch.setattr(enc, "_tokenize", lambda texts: calls.append(list(texts)) or real(texts))
+    pool = [*TEXTS, "", "the heart is clear", "lungs"]
+    rng = random.Random(0)
+    for batch in [pool[:3], pool[2:], [pool[0]] * 3, *[rng.choices(pool, k=rng.randint(1, 6)) for _ in range(12)]]:
+        got, want = enc.tokenize(batch), real(batch)
+        assert set(got) == set(want)
+        for k, v in want.items():
+            assert (torch.equal(got[k], v) and got[k].dtype == v.dtype) if torch.is_tensor(v) else got[k] == v, k
+    assert sorted(t for c in calls for t in c) == sorted(pool)  # one tokenisation per distinct text
+    monkeypatch.setattr(enc, "TOKENIZE_MEMO", 2)  # a bounded memo still gives the same batches
+    enc._tokenized.clear()
+    assert enc.tokenize(pool)["input_ids"].tolist() == real(pool)["input_ids"].tolist() and len(enc._tokenized) == 2
+
+
 def test_pooling_and_layer_sum(tiny_tokenizer_dir):
     tok = None
     for pooling in ("cls", "mean"):

@@ -153,3 +153,28 @@ def test_explicit_errors():
     enc = build_image_encoder(VisionConfig(image_size=32))
     with pytest.raises(ValueError, match="expects images"):
         enc(torch.randn(1, 3, 32, 32))
+
+
+def test_bf16_precision_gives_float32_features_close_to_fp32_and_auto_follows_the_cpu(monkeypatch):
+    import medalign_lite.models.vision as V
+
+    torch.manual_seed(0)
+    fp32 = V.build_image_encoder(V.VisionConfig(name="tiny_cnn", image_size=64)).eval()
+    bf16 = V.build_image_encoder(V.VisionConfig(name="tiny_cnn", image_size=64, precision="bf16")).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    x = torch.randn(3, 1, 64, 64)
+    a, b = fp32(x), bf16(x)
+    assert b.pooled.dtype == torch.float32 and b.patches.dtype == torch.float32 and b.grid == a.grid
+    assert not torch.equal(a.patches, b.patches)  # really computed in bfloat16
+    cos = torch.nn.functional.cosine_similarity(a.patches.flatten(1), b.patches.flatten(1))
+    assert (cos > 0.99).all()
+    b.pooled.sum().backward()  # gradients reach the float32 weights
+    assert bf16.backbone.stem[0].weight.grad is not None and bf16.backbone.stem[0].weight.dtype == torch.float32
+    auto = V.build_image_encoder(V.VisionConfig(name="tiny_cnn", image_size=64, precision="auto")).eval()
+    auto.load_state_dict(fp32.state_dict())
+    monkeypatch.setattr(V, "cpu_has_native_bf16", lambda: False)
+    assert torch.equal(auto(x).patches, a.patches)
+    monkeypatch.setattr(V, "cpu_has_native_bf16", lambda: True)
+    assert torch.equal(auto(x).patches, bf16(x).patches)
+    with pytest.raises(ValueError, match="precision"):
+        V.VisionConfig(precision="fp16")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 BUILDERS: dict[str, str] = {
     "iu-phantom": "iu_phantom",
+    "iu-phantom-extra": "iu_phantom_extra",
     "phantom-5x200": "phantom_5x200",
     "mimic-cxr": "mimic_cxr",
     "chexpert-5x200": "chexpert",

@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..findings import (
     CATALOGUE,
+    CHEXPERT_LABELS,
     SEVERITIES,
     Finding,
     chexpert_labels,
@@ -53,6 +54,14 @@ CHRONIC = frozenset({"degenerative_spine", "scoliosis", "granuloma", "calcified_
 #: kinds a prior study may show that have resolved since
 RESOLVABLE = ("consolidation", "pleural_effusion", "atelectasis", "pneumothorax", "edema",
               "airspace_opacity", "pneumonia")
+
+
+#: The manifest's columns in the order written (schema columns first, then the extras).
+COLUMNS = ("study_id", "patient_id", "split", "dataset", "view", "frontal", "lateral", "prior_frontal",
+           "prior_lateral", "findings", "impression", "prior_report", *CHEXPERT_LABELS, "masks", "report_id",
+           "indication", "comparison", "mesh", "unrendered", "findings_json", "n_findings", "written_findings",
+           "written_impression", "written_spans", "structured_findings", "structured_impression",
+           "structured_spans", "prior_findings_json", "prior_changes")
 
 
 def map_codes(codes: list[str]) -> tuple[list[Finding], list[str]]:
@@ -117,12 +126,53 @@ def _frontal_view(views: list[str]) -> str:
     return "PA"
 
 
+def phantom_study(uid: str, findings: list[Finding], pseed: int, view: str, size: int, cache: Path,
+                  rel_cache: str) -> tuple[dict, list[RenderJob]]:
+    """One phantom patient's study from its findings: the render jobs of its four images (the
+    current frontal with one mask per finding, the lateral, and a synthetic prior study
+    evolved by :func:`evolve`) and its manifest columns — image and mask paths, the labels, the
+    prior report, and the report writer's free and structured descriptions with each finding's
+    span (shared by IU-Phantom and IU-Phantom-extra). ``pseed`` is the patient seed, ``size``
+    the image side, ``cache`` the render folder, ``rel_cache`` that folder relative to the manifest."""
+    from ..reports import write_report
+
+    rng = np.random.default_rng([pseed, 1])
+    prior, changes, resolved = evolve(findings, rng)
+    written = write_report(findings, style="free", seed=pseed)
+    structured = write_report(findings, style="structured", seed=pseed)
+    prior_written = write_report(prior, style="free", seed=pseed + 1)
+    paths = {k: cache / f"{uid}_{k}.png" for k in ("frontal", "lateral", "prior_frontal", "prior_lateral")}
+    mask_path = cache / f"{uid}_masks.png"
+    jobs = [
+        RenderJob(str(paths["frontal"]), pseed, tuple(findings), view, size, 0, str(mask_path)),
+        RenderJob(str(paths["lateral"]), pseed, tuple(findings), "LATERAL", size, 0),
+        RenderJob(str(paths["prior_frontal"]), pseed, tuple(prior), view, size, 1),
+        RenderJob(str(paths["prior_lateral"]), pseed, tuple(prior), "LATERAL", size, 1),
+    ]
+    row = {
+        "view": view,
+        **{k: f"{rel_cache}/{p.name}" for k, p in paths.items()},
+        "prior_report": f"{prior_written.findings} {prior_written.impression}".strip(),
+        **format_labels(chexpert_labels(findings)),
+        "masks": f"{rel_cache}/{mask_path.name}",
+        "findings_json": findings_to_json(findings), "n_findings": str(len(findings)),
+        "written_findings": written.findings, "written_impression": written.impression,
+        "written_spans": _spans_json(written),
+        "structured_findings": structured.findings, "structured_impression": structured.impression,
+        "structured_spans": _spans_json(structured),
+        "prior_findings_json": findings_to_json(prior),
+        "prior_changes": json.dumps({"changes": [changes[i] for i in range(len(findings))],
+                                     "resolved": [f.to_dict() for f in resolved]},
+                                    separators=(",", ":")),
+    }
+    return row, jobs
+
+
 def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, seed: int = 0,
           progress: bool = True, workers: int | None = None) -> Path:
     """Build ``out_dir/manifest.csv`` for IU-Phantom (``root`` is unused: the reports ship
     inside torchxrayvision). Returns the manifest path."""
     from ..iu_xray import load_iu_reports
-    from ..reports import write_report
 
     t0 = time.perf_counter()
     size = int(size or 224)
@@ -140,44 +190,17 @@ def build(out_dir, root=None, size: int | None = 224, limit: int | None = None, 
     rows, jobs = [], []
     for r in reports.itertuples(index=False):
         findings, unrendered = map_codes(list(r.mesh))
-        pseed = patient_seed(seed, r.report_id)
-        rng = np.random.default_rng([pseed, 1])
-        prior, changes, resolved = evolve(findings, rng)
-        view = _frontal_view(list(r.image_views))
-        written = write_report(findings, style="free", seed=pseed)
-        structured = write_report(findings, style="structured", seed=pseed)
-        prior_written = write_report(prior, style="free", seed=pseed + 1)
-        paths = {k: cache / f"{r.uid}_{k}.png" for k in ("frontal", "lateral", "prior_frontal", "prior_lateral")}
-        mask_path = cache / f"{r.uid}_masks.png"
-        jobs += [
-            RenderJob(str(paths["frontal"]), pseed, tuple(findings), view, size, 0, str(mask_path)),
-            RenderJob(str(paths["lateral"]), pseed, tuple(findings), "LATERAL", size, 0),
-            RenderJob(str(paths["prior_frontal"]), pseed, tuple(prior), view, size, 1),
-            RenderJob(str(paths["prior_lateral"]), pseed, tuple(prior), "LATERAL", size, 1),
-        ]
-        row = {
+        study, study_jobs = phantom_study(r.uid, findings, patient_seed(seed, r.report_id),
+                                          _frontal_view(list(r.image_views)), size, cache, rel_cache)
+        jobs += study_jobs
+        rows.append({
             "study_id": r.uid, "patient_id": r.uid, "split": splits[r.uid], "dataset": NAME,
-            "view": view,
-            **{k: f"{rel_cache}/{p.name}" for k, p in paths.items()},
-            "findings": r.findings, "impression": r.impression,
-            "prior_report": f"{prior_written.findings} {prior_written.impression}".strip(),
-            **format_labels(chexpert_labels(findings)),
-            "masks": f"{rel_cache}/{mask_path.name}",
+            **study, "findings": r.findings, "impression": r.impression,
             "report_id": str(r.report_id), "indication": r.indication, "comparison": r.comparison,
             "mesh": "; ".join(r.mesh), "unrendered": "; ".join(unrendered),
-            "findings_json": findings_to_json(findings), "n_findings": str(len(findings)),
-            "written_findings": written.findings, "written_impression": written.impression,
-            "written_spans": _spans_json(written),
-            "structured_findings": structured.findings, "structured_impression": structured.impression,
-            "structured_spans": _spans_json(structured),
-            "prior_findings_json": findings_to_json(prior),
-            "prior_changes": json.dumps({"changes": [changes[i] for i in range(len(findings))],
-                                         "resolved": [f.to_dict() for f in resolved]},
-                                        separators=(",", ":")),
-        }
-        rows.append(row)
+        })
     rendered = run_jobs(jobs, workers=workers, progress=progress, desc="iu-phantom renders")
-    path = write_manifest(pd.DataFrame(rows), out_dir / "manifest.csv")
+    path = write_manifest(pd.DataFrame(rows)[list(COLUMNS)], out_dir / "manifest.csv")
     if progress:
         print(f"iu-phantom: {len(rows)} studies ({dropped} reports without text dropped), "
               f"{rendered} images rendered, {len(jobs) - rendered} cached, "

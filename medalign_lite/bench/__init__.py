@@ -1,0 +1,23 @@
+"""Benchmarks behind ``medalign bench ...``: each measures in one run and returns plain dicts,
+so ratios are taken on the same machine at the same moment (this project's shared machines
+are noisy; absolute times are only comparable within one run).
+
+- :mod:`.losses`: GLoRIA's local loss (``bench gloria``), AGA's head against the encoders and
+  GLoRIA at the paper's shapes (``bench aga``);
+- :mod:`.generation`: S2D-ALIGN's report generation (``bench s2d-generate``);
+- :mod:`.alta`: ALTA's trainable fraction at paper scale, a masked adapter step against an
+  unmasked full fine-tuning step (``bench alta``);
+- :mod:`.train_step`: one training step of each registered method at its tutorial config,
+  phase by phase (``bench train-step``);
+- :mod:`.common`: synchronised timing, the device's name.
+"""
+from __future__ import annotations
+
+from .alta import bench_alta
+from .common import time_fn
+from .generation import IU_MEAN_REPORT_TOKENS, bench_s2d_generate
+from .losses import BERT_BASE, bench_aga, bench_gloria
+from .train_step import TrainStepSetup, bench_train_step, register_setup, train_step_setup
+
+__all__ = ["BERT_BASE", "IU_MEAN_REPORT_TOKENS", "TrainStepSetup", "bench_aga", "bench_alta", "bench_gloria",
+           "bench_s2d_generate", "bench_train_step", "register_setup", "time_fn", "train_step_setup"]

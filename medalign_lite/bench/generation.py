@@ -1,0 +1,170 @@
+"""S2D-ALIGN's report generation speed (``medalign bench s2d-generate``)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import torch
+
+from .common import _device_name, _sync
+
+#: Mean length of an IU X-Ray report (findings + impression) in tokens of the tiny LM's word
+#: tokenizer: 45.8 over the 3,927 non-empty reports (median 41, 95th percentile 91), so 45
+#: words + <eos>.
+IU_MEAN_REPORT_TOKENS = 46
+
+
+def bench_s2d_generate(n_reports: int = 256, batch_size: int = 64, num_beams: int = 3, max_new_tokens: int = 120,
+                       report_tokens: int | None = IU_MEAN_REPORT_TOKENS, device: str = "cpu",
+                       threads: int | None = None, config: str = "s2d_tiny", prefill_once: bool = True,
+                       compare_plain: bool = False, overrides: tuple[str, ...] = (),
+                       omp_wait_policy: str | None = "PASSIVE", processes: int = 1) -> dict:
+    """Report generation speed of S2D-ALIGN (``build_s2d(config)``, random weights): the
+    frozen image encoder, SMA_v and beam search with the KV cache on [prefix, C1, suffix].
+
+    An untrained LM almost never emits ``<eos>`` (p ≈ 1/V per step: it runs to
+    ``max_new_tokens``), so every beam is made to end after exactly ``report_tokens`` tokens,
+    as a real report would: ``min_new_tokens = report_tokens − 1`` and ``<eos>`` forced at
+    token ``report_tokens`` (``forced_eos_token_id``). The default, 46, is the IU mean report
+    length in the tiny tokenizer's words (+ <eos>). ``report_tokens=None`` generates freely up
+    to ``max_new_tokens``. One warm-up batch, then ``n_reports`` random 1-channel images in
+    batches of ``batch_size``. ``threads`` sets torch's intra-op threads for the run.
+
+    Returns ``reports_per_s``, ``tokens_per_s`` (generated tokens up to and including the
+    first ``<eos>``, per second), ``mean_generated_tokens``, ``prompt_tokens``, ``seconds``
+    and the settings; with ``compare_plain`` also the other prompt path's speed (``generate``
+    running the prompt once per beam) and ``prefill_speedup``. ``load_avg`` is the 1-minute
+    load average before and after and ``cpu_seconds`` the process's CPU time (user + system,
+    all threads): on a shared machine wall-clock speed depends on the neighbours, CPU time
+    much less.
+
+    ``omp_wait_policy`` (CPU): OpenMP's default lets idle threads spin, which on a machine
+    shared with other busy processes makes 2 threads ~10× slower than 1 (measured: 1.3 vs
+    13 reports/s); ``"PASSIVE"`` (default) avoids it. It must be set before OpenMP starts, so
+    when this process runs with another policy the measurement runs in a fresh process
+    started with ``OMP_WAIT_POLICY`` set (``None``: measure here, as the process is).
+
+    ``processes`` > 1 (CPU): that many spawned processes, each with its share of the reports
+    and ``max(1, threads // processes)`` threads, build the same model, wait at a barrier and
+    generate at the same time; ``reports_per_s`` is all reports over the wall-clock span from
+    the common start to the last finish (model building and warm-up excluded, as for one
+    process). On a small LM two one-thread processes use two cores better than two threads
+    in one process (``run_s2d_variants(workers=...)`` generates inside its workers likewise).
+    ``per_process`` lists each one's own result.
+    """
+    import os
+
+    if n_reports < 1 or batch_size < 1:
+        raise ValueError(f"n_reports and batch_size must be >= 1, got {n_reports} and {batch_size}")
+    if processes < 1 or processes > n_reports:
+        raise ValueError(f"processes must be between 1 and n_reports ({n_reports}), got {processes}")
+    if processes > 1 and (torch.device(device).type != "cpu" or compare_plain):
+        raise ValueError("processes > 1 measures CPU processes side by side; not with --device cuda or --compare")
+    kwargs = {"n_reports": n_reports, "batch_size": batch_size, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
+              "report_tokens": report_tokens, "device": device, "threads": threads, "config": config,
+              "prefill_once": prefill_once, "compare_plain": compare_plain, "overrides": tuple(overrides),
+              "barrier": None}
+    current = os.environ.get("OMP_WAIT_POLICY", "")
+    if processes == 1 and (torch.device(device).type != "cpu" or not omp_wait_policy
+                           or current.upper() == omp_wait_policy.upper()):
+        return _s2d_generate_point(kwargs)
+    if omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = omp_wait_policy  # the spawned processes inherit the environment
+    try:
+        ctx = mp.get_context("spawn")
+        if processes == 1:
+            with ctx.Pool(1) as pool:
+                return pool.map(_s2d_generate_point, [kwargs])[0]
+        per_thread = max(1, (threads or torch.get_num_threads()) // processes)
+        shares = [n_reports // processes + (i < n_reports % processes) for i in range(processes)]
+        with ctx.Manager() as manager, ctx.Pool(processes) as pool:
+            barrier = manager.Barrier(processes)
+            parts = pool.map(_s2d_generate_point, [{**kwargs, "n_reports": n, "threads": per_thread,
+                                                    "barrier": barrier} for n in shares])
+    finally:
+        if current:
+            os.environ["OMP_WAIT_POLICY"] = current
+        elif omp_wait_policy:
+            del os.environ["OMP_WAIT_POLICY"]
+    span = max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)
+    n_rep = sum(p["n_reports"] for p in parts)
+    n_tok = sum(p["tokens_per_s"] * p["seconds"] for p in parts)
+    return {**parts[0], "processes": processes, "threads": per_thread, "n_reports": n_rep, "seconds": round(span, 6),
+            "cpu_seconds": round(sum(p["cpu_seconds"] for p in parts), 3),
+            "reports_per_s": round(n_rep / span, 2), "tokens_per_s": round(n_tok / span, 1),
+            "mean_generated_tokens": round(n_tok / n_rep, 1),
+            "load_avg": [parts[0]["load_avg"][0], max(p["load_avg"][1] or 0 for p in parts)],
+            "per_process": [{k: p[k] for k in ("n_reports", "seconds", "reports_per_s")} for p in parts]}
+
+
+def _s2d_generate_point(kw: dict) -> dict:
+    """One measurement of :func:`bench_s2d_generate` in this process."""
+    n_reports, batch_size, num_beams, max_new_tokens = (kw["n_reports"], kw["batch_size"], kw["num_beams"],
+                                                        kw["max_new_tokens"])
+    report_tokens, device, threads, config = kw["report_tokens"], kw["device"], kw["threads"], kw["config"]
+    prefill_once, compare_plain, overrides = kw["prefill_once"], kw["compare_plain"], kw["overrides"]
+    import os
+
+    from ..methods.s2d import build_s2d
+
+    dev = torch.device(device)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = build_s2d(config, overrides).to(dev).eval()
+        size = model.vision.cfg.image_size if hasattr(model.vision, "cfg") else 224
+        channels = model.vision.cfg.in_chans if hasattr(model.vision, "cfg") else 1
+        g = torch.Generator(device="cpu").manual_seed(0)
+        sizes = [min(batch_size, n_reports - i) for i in range(0, n_reports, batch_size)]
+        batches = [torch.randn(n, channels, size, size, generator=g).to(dev) for n in sizes]
+        eos = model.tokenizer.eos_token_id
+        gen: dict = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+        if report_tokens is not None:
+            n = max(1, min(report_tokens, max_new_tokens))
+            gen.update(max_new_tokens=n, min_new_tokens=n - 1, forced_eos_token_id=eos)
+
+        def run(prefill: bool) -> tuple[float, int, int]:
+            model.generate_ids(batches[0][: min(4, len(batches[0]))], prefill_once=prefill, **gen)  # warm-up
+            _sync(dev)
+            if kw.get("barrier") is not None:  # processes side by side start together
+                kw["barrier"].wait()
+            wall[0] = time.time()
+            t0, c0 = time.perf_counter(), time.process_time()
+            n_tok = n_rep = 0
+            for images in batches:
+                ids = model.generate_ids(images, prefill_once=prefill, **gen)
+                is_eos = ids == eos
+                first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, ids.shape[1])
+                n_tok += int(first.sum())
+                n_rep += ids.shape[0]
+            _sync(dev)
+            cpu_s[prefill] = time.process_time() - c0
+            wall[1] = time.time()
+            return time.perf_counter() - t0, n_tok, n_rep
+
+        cpu_s: dict[bool, float] = {}
+        wall = [0.0, 0.0]
+
+        load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        sec, n_tok, n_rep = run(prefill_once)
+        with torch.inference_mode():
+            prompt_len = int(model.generation_inputs(batches[0][:1]).shape[1])
+        res = {"name": "s2d_generate", "config": config, "device": _device_name(dev), "threads": torch.get_num_threads(),
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+               "n_reports": n_rep, "batch_size": batch_size, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
+               "report_tokens": report_tokens, "prefill_once": prefill_once, "prompt_tokens": prompt_len,
+               "memory_size": model.config.memory_size, "seconds": round(sec, 6),
+               "cpu_seconds": round(cpu_s[prefill_once], 3),
+               "reports_per_s": round(n_rep / sec, 2), "tokens_per_s": round(n_tok / sec, 1),
+               "mean_generated_tokens": round(n_tok / n_rep, 1), "processes": 1,
+               "t_start": wall[0], "t_end": wall[1]}
+        if compare_plain:
+            sec_other, _, _ = run(not prefill_once)
+            res["plain_reports_per_s" if prefill_once else "prefilled_reports_per_s"] = round(n_rep / sec_other, 2)
+            res["prefill_speedup"] = round(sec_other / sec if prefill_once else sec / sec_other, 3)
+        res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None]
+        return res
+    finally:
+        torch.set_num_threads(old_threads)
