@@ -49,6 +49,17 @@ def test_variant_recipes_apply_each_variants_overrides_and_the_mae():
     assert prepare_mae("unused.csv", "alta_full") is None  # paper scale names its weights (MRM)
 
 
+def test_the_tutorial_config_runs_its_max_steps_and_pools_what_its_encoders_trained():
+    """alta_tiny once stopped after one epoch (85 steps) while it announced max_steps 150, and read
+    the CLS of an MAE that never trains its CLS and of MiniLM, a mean-pooling sentence encoder."""
+    r = variant_recipes(["full"], "alta_tiny")["full"]
+    steps_per_epoch = 2749 // r.batch_size  # IU-Phantom's 2,749 training studies, drop_last
+    assert r.extra_studies == 0 and r.epochs * steps_per_epoch >= r.max_steps
+    assert r.method_options["image_pooling"] == "mean" and r.text.pooling == "mean"
+    paper = variant_recipes(["full"], "alta_full")["full"]
+    assert "image_pooling" not in paper.method_options and paper.text.pooling == "cls"  # the code's CLS
+
+
 def _run(name, seed, hits):
     return RunResult(name, seed, None, None, [{"global_step": 10, "time": 5.0}],
                      {"per_query": {"i2t_P@5": np.asarray(hits, dtype=float)}}, 1.0)

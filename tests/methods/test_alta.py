@@ -336,6 +336,33 @@ def test_four_view_batched_forward_equals_a_per_view_reference():
         assert torch.allclose(out["loss_mim"], mim, atol=1e-5)
 
 
+def test_mean_pooling_reads_the_visible_patches_in_training_and_every_patch_at_inference():
+    model = tiny_alta(image_pooling="mean", use_local=False, use_mim=False, use_mlm=False).eval()
+    with torch.no_grad():
+        model.image_encoder.view_embedding.normal_()
+        perturb_adapters(model)
+    batch = make_batch(model)
+    noise = torch.rand(4 * 4, L)
+    with torch.no_grad():
+        out = model(batch, noise=noise)
+        ref = _reference_hidden(model, batch, noise)                  # (B, V, 1 + K, D), K = L/4 visible
+        assert ref.shape[2] == 1 + L // 4
+        txt = model.text_encoder(batch.input_ids, batch.attention_mask, word_ids=batch.word_ids)
+        gi = l2norm(model.img_global(ref[:, :, 1:].mean(2).mean(1)))   # views' visible-patch means, averaged
+        gt = l2norm(model.txt_global(txt.pooled))
+        s_g = model.scales()[0]
+        terms = [-F.log_softmax(s_g * gi[i] @ gt.T, 0)[i] - F.log_softmax(s_g * gt[i] @ gi.T, 0)[i] for i in range(4)]
+        assert torch.allclose(out["loss_global"], torch.stack(terms).mean() / 2, atol=1e-5)
+        cls = tiny_alta(use_local=False, use_mim=False, use_mlm=False).eval()
+        cls.load_state_dict(model.state_dict())
+        assert not torch.allclose(cls(batch, noise=noise)["loss_global"], out["loss_global"])  # the CLS differs
+        # inference: the mean of all L patches of the unmasked current frontal
+        zero = torch.zeros(4, dtype=torch.long)
+        h = model.image_encoder.encode_views(batch.images, zero, zero, masked=False).hidden
+        assert h.shape[1] == 1 + L
+        assert torch.allclose(model.encode_image(batch.images), l2norm(model.img_global(h[:, 1:].mean(1))), atol=1e-6)
+
+
 def test_a_missing_view_uses_the_missing_view_token():
     model = tiny_alta(use_mlm=False).eval()
     batch = make_batch(model, missing=((0, "lateral"),))
