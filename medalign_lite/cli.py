@@ -215,6 +215,29 @@ def _bench_exgramed(args: argparse.Namespace) -> int:
         print(f"  solver {name}, 6 matchings + 6 target solves: " +
               ", ".join(f"B={b}: {ms:.2f} ms" for b, ms in per_b.items()))
     print(f"  {res['threads']} thread(s), load average before/after: {res['load_avg']}")
+def _bench_alta(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench.alta import bench_alta
+
+    res = bench_alta(args.batch_size, args.tokens, device=args.device, dtype=args.dtype, repeats=args.repeats,
+                     config=args.config, threads=args.threads, steps=not args.no_steps)
+    print(f"ALTA efficiency at {res['config']} shapes (random weights, nothing downloaded), {res['device']}, "
+          f"{res['dtype']}")
+    print(f"trainable: {res['trainable_params'] / 1e6:.2f} M of {res['params'] / 1e6:.1f} M parameters = "
+          f"{100 * res['trainable_fraction']:.2f} % (paper: about 8 %)")
+    for group, row in res["groups"].items():
+        print(f"  {group:<50} {row['params'] / 1e6:9.3f} M  trainable {row['trainable'] / 1e6:9.3f} M")
+    if "step_ratio" in res:
+        if res["B"] != 24:
+            print(f"note: batch scaled down to B = {res['B']} (paper: 24 per GPU); the ratios are measured at this B")
+        print(f"one training step, B = {res['B']}, T = {res['T']}, four views at {res['image_size']} px, median of "
+              f"{args.repeats}:")
+        print(f"  ALTA (adapters, masking 0.75, four losses): {res['alta_step_s']:.3f} s, peak {res['alta_peak_mib']:.0f} MiB"
+              f" (load {res['alta_load_avg']})")
+        print(f"  full fine-tuning, unmasked:                 {res['full_step_s']:.3f} s, peak {res['full_peak_mib']:.0f} MiB"
+              f" (load {res['full_load_avg']})")
+        print(f"step_ratio = {res['step_ratio']:.3f} (target <= 0.35), memory_ratio = {res['memory_ratio']:.3f} (target < 1)")
     if args.json:
         print(json.dumps(res))
     return 0
@@ -405,6 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-paper", action="store_true", help="skip the paper-shape aligner and the 4096-wide layer")
     x.add_argument("--json", action="store_true", help="last line: the result as JSON")
     x.set_defaults(func=_bench_exgramed)
+    al = bench.add_parser("alta", help="ALTA: trainable fraction at paper scale, masked adapter step vs full fine-tuning")
+    al.add_argument("--config", default="alta_full", help="packaged config name or YAML path (its shapes, random weights)")
+    al.add_argument("--batch-size", type=int, default=None, help="B (default: 24 on cuda, 2 on cpu)")
+    al.add_argument("--tokens", type=int, default=128, help="T (the code pads reports to 128)")
+    al.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    al.add_argument("--no-steps", action="store_true", help="only count parameters")
+    al.add_argument("--device", default="cpu")
+    al.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    al.add_argument("--repeats", type=int, default=3)
+    al.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    al.set_defaults(func=_bench_alta)
     return p
 
 

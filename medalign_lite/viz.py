@@ -507,3 +507,112 @@ def score_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], xla
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+# --------------------------------------------------------------------------- ALTA (notebook 04)
+
+
+def adapter_block_diagram(title: str = "one transformer block with ALTA's adapters") -> plt.Figure:
+    """A schematic of a pre-LN ViT block with AIM's two adapters: the serial adapter on the
+    attention output, h ← h + A(h), and the parallel one beside the MLP, + s·A(LN x). Frozen
+    boxes grey, trained boxes orange."""
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    frozen, trained = "#d9d9d9", "#f4a259"
+    boxes = {  # name: (x, y, w, h, colour, label)
+        "ln1": (0.4, 0.1, 1.3, 0.55, trained, "LayerNorm"),
+        "attn": (2.1, 0.1, 1.6, 0.55, frozen, "multi-head\nattention"),
+        "sa": (4.1, 0.1, 1.6, 0.55, trained, "adapter\nd→d/4→d"),
+        "ln2": (0.4, 1.6, 1.3, 0.55, trained, "LayerNorm"),
+        "mlp": (2.1, 1.6, 1.6, 0.55, frozen, "MLP\nd→4d→d"),
+        "pa": (2.1, 2.55, 1.6, 0.55, trained, "adapter × s\n(s = 0.5)"),
+    }
+    for x, y, w, h, colour, label in boxes.values():
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=colour, ec="black", lw=0.8))
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1, **kw):
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", lw=0.9, **kw))
+
+    arrow(-0.4, 0.375, 0.4, 0.375)
+    arrow(1.7, 0.375, 2.1, 0.375)
+    arrow(3.7, 0.375, 4.1, 0.375)
+    arrow(5.7, 0.375, 6.3, 0.375)
+    ax.text(6.45, 0.375, "⊕", fontsize=14, ha="center", va="center")
+    arrow(-0.2, 0.375, -0.2, -0.25)
+    ax.plot([-0.2, 6.45], [-0.25, -0.25], color="black", lw=0.9)
+    arrow(6.45, -0.25, 6.45, 0.25)
+    ax.text(3.0, -0.45, "residual: x + A(Attn(LN x)), A(h) = h + W_up GELU(W_down h), W_up = 0 at start",
+            ha="center", fontsize=7.5)
+    arrow(6.45, 0.5, 6.45, 1.1)
+    ax.plot([6.45, -0.2], [1.1, 1.1], color="black", lw=0.9)
+    arrow(-0.2, 1.1, -0.2, 1.875)
+    arrow(-0.2, 1.875, 0.4, 1.875)
+    arrow(1.7, 1.875, 2.1, 1.875)
+    arrow(1.85, 1.875, 1.85, 2.825)
+    arrow(1.85, 2.825, 2.1, 2.825)
+    arrow(3.7, 1.875, 6.3, 1.875)
+    arrow(3.7, 2.825, 6.45, 2.0)
+    ax.text(6.45, 1.875, "⊕", fontsize=14, ha="center", va="center")
+    arrow(6.6, 1.875, 7.3, 1.875)
+    ax.text(3.0, 3.35, "x + MLP(LN x) + s·A(LN x)", ha="center", fontsize=8)
+    ax.add_patch(FancyBboxPatch((4.3, 2.6), 0.3, 0.2, boxstyle="round,pad=0.02", fc=frozen, ec="black", lw=0.6))
+    ax.text(4.7, 2.7, "frozen", fontsize=7, va="center")
+    ax.add_patch(FancyBboxPatch((4.3, 2.95), 0.3, 0.2, boxstyle="round,pad=0.02", fc=trained, ec="black", lw=0.6))
+    ax.text(4.7, 3.05, "trained", fontsize=7, va="center")
+    ax.set_xlim(-0.6, 7.5)
+    ax.set_ylim(-0.7, 3.6)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def study_views(images: Sequence[np.ndarray], titles: Sequence[str], present: Sequence[bool],
+                masks: Sequence[np.ndarray] | None = None, grid: tuple[int, int] | None = None,
+                title: str = "") -> plt.Figure:
+    """The views of a study side by side; a missing view is drawn as the hatched slot the
+    missing-view map fills; ``masks`` (one (P,) 0/1 vector per view, 1 = masked): the patches
+    the encoder does not see are greyed out on a second row."""
+    n = len(images)
+    rows = 2 if masks is not None else 1
+    fig, axes = plt.subplots(rows, n, figsize=(2.3 * n, 2.4 * rows), squeeze=False)
+    for j, (img, name, ok) in enumerate(zip(images, titles, present)):
+        for r in range(rows):
+            ax = axes[r, j]
+            if not ok:
+                ax.imshow(np.zeros_like(img), cmap="gray", vmin=0, vmax=1)
+                ax.text(0.5, 0.5, "missing:\nlearned map\nm ∈ R^{L×D}", ha="center", va="center", fontsize=8,
+                        color="white", transform=ax.transAxes)
+            else:
+                ax.imshow(img, cmap="gray")
+                if r == 1 and masks is not None and grid is not None:
+                    up = upsample_map(np.asarray(masks[j], dtype=np.float32), grid, img.shape[:2])
+                    shade = np.zeros((*img.shape[:2], 4))
+                    shade[..., 3] = 0.85 * (np.kron(np.asarray(masks[j]).reshape(grid),
+                                                    np.ones((img.shape[0] // grid[0], img.shape[1] // grid[1])))
+                                            if img.shape[0] % grid[0] == 0 else up > 0.5)
+                    ax.imshow(shade)
+            ax.set_title(name if r == 0 else f"{name}: 25 % visible", fontsize=8)
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_panels(rows: dict[str, dict], title: str = "masked image modelling") -> plt.Figure:
+    """One row per model: the current frontal, what the encoder sees (masked patches black),
+    the decoder's reconstruction (visible patches pasted back). ``rows`` maps a label to
+    ``{"target", "masked", "reconstruction"}`` (H, W) arrays."""
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows)), squeeze=False)
+    for r, (label, d) in enumerate(rows.items()):
+        vmin, vmax = float(np.min(d["target"])), float(np.max(d["target"]))
+        for c, key in enumerate(("target", "masked", "reconstruction")):
+            axes[r, c].imshow(d[key], cmap="gray", vmin=vmin, vmax=vmax)
+            axes[r, c].set_title(f"{label}: {key}" if c else key, fontsize=8)
+            axes[r, c].set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+

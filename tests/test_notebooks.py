@@ -32,6 +32,8 @@ OTHER_PARAMETERS = {
                                "sigma_texts": ["structured"], "n_seeds": 1, "workers": 1},
     "03_exgramed_graphs": {"seed": 2, "variants": ["exgramed@10", "alpha0.5@10"], "workers": 1,
                            "overrides": ["model.solver=lap"]},
+    "04_alta_adapters": {"seed": 3, "ablations": ["full", "frontal_only"], "eval_every": 0,
+                         "overrides": ["model.use_mlm=false"]},
     "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
                     "overrides": ["model.num_beams=1"]},
 }
@@ -175,6 +177,26 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         claims = [k for k in metrics if k.startswith("claim/")]
         assert claims and all(metrics[k]["verdict"] in ("holds", "reversed", "undecided") for k in claims)
         assert metrics["workers"] == params.get("workers", 2) and metrics["seconds/total"] > 0
+    if stem == "04_alta_adapters":
+        assert metrics["seeds"] == [seed]
+        assert 0 < metrics["trainable_fraction/tiny"] < 0.2  # the official set at tutorial scale
+        ablations = params.get("ablations", ("full", "full_finetune", "no_masking", "frontal_only", "no_mim_mlm"))
+        for v in ablations:
+            assert 0 <= metrics[f"{v}/i2t_P@5_mean"] <= 1 and 0 <= metrics[f"{v}/t2i_P@5_mean"] <= 1
+            assert metrics[f"{v}/seed{seed}/seconds_per_step"] > 0
+        for name in ("untrained", "alta"):  # the floor beside the method, every score in range
+            for key in ("i2t_P@5", "t2i_P@1", "zeroshot_auroc", "probe_auroc_100", "mask_auroc", "pointing_game"):
+                assert 0 <= metrics[f"{name}/{key}"] <= 1, (name, key)
+            assert metrics[f"{name}/n_phrases"] > 0
+        assert 0 <= metrics["ceiling/i2i_P@5"] <= 1 and 0 <= metrics["ceiling/pointing_game"] <= 1
+        assert metrics["mim_loss/frozen"] > 0 and metrics["mim_loss/alta"] > 0
+        curve = metrics["full/curve"][f"seed{seed}"]  # the learning curve on the validation gallery
+        assert curve and all(0 <= v <= 1 for v in curve.values())
+        for a, b in (("full", "frontal_only"), ("full", "full_finetune"), ("no_masking", "full")):
+            if a in ablations and b in ablations:
+                c = metrics[f"claim/{a}>{b}/i2t_P@5"]
+                assert c["verdict"] in ("holds", "reversed", "undecided") and c["low"] <= c["diff"] <= c["high"]
+                assert c["reading"] in ("supported", "contradicted", "not shown")
     if stem == "05_s2d_full":
         variants = ("progressive", *params.get("ablations", ("joint", "single_stage", "reversed", "without_stage3",
                                                              "independent_memory", "mlp_projector")))

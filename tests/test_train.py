@@ -185,6 +185,17 @@ def test_stages_freeze_and_call_set_stage(uninterrupted):
     assert all(abs(r["loss"] - r["mse"] - r["reg"]) < 1e-6 for r in rows)
 
 
+def test_schedule_epochs_stretch_the_schedule_past_the_run(tmp_path):
+    """ALTA's schedule: cosine over ``schedule_epochs``, the stage stopped after ``epochs``."""
+    cfg = config(tmp_path, stages=[Stage(name="s", epochs=2, schedule_epochs=6, lr=1e-2, warmup_ratio=0.25)])
+    rows = Trainer(TinyNet(), NoisyRegression(n=28), cfg).fit(resume=False).history
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert len(lrs) == 8  # 2 epochs x 4 steps: the run stops at epoch 2 ...
+    assert lrs == pytest.approx([1e-2 * warmup_cosine(s, 6, 24) for s in range(8)])  # ... of a 6-epoch schedule
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        Stage(epochs=3, schedule_epochs=2)
+
+
 def test_lr_follows_warmup_cosine_per_stage(uninterrupted):
     _, _, result = uninterrupted
     lrs = [r["lr"] for r in result.history]

@@ -116,6 +116,24 @@ def test_exgramed_figures_draw_what_they_are_given():
     fig = viz.score_curves({"x": ([0.1, 1.0], [0.5, 0.7])}, "fraction", "score", hlines={"floor": 0.4})
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_legend() is not None
     plt.close("all")
+def test_alta_figures_draw_what_they_say():
+    fig = viz.adapter_block_diagram()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "adapter" in texts and "MLP" in texts and "attention" in texts and "s = 0.5" in texts
+    plt.close(fig)
+    imgs = [np.random.rand(16, 16) for _ in range(4)]
+    masks = [np.r_[np.ones(12), np.zeros(4)] for _ in range(4)]
+    fig = viz.study_views(imgs, ["a", "b", "c", "d"], [True, False, True, True], masks=masks, grid=(4, 4))
+    assert len(fig.axes) == 8  # the views, then the same views masked
+    assert any("missing" in t.get_text() for t in fig.axes[1].texts)
+    assert not any("missing" in t.get_text() for t in fig.axes[0].texts)
+    shade = fig.axes[4].images[-1].get_array()  # 12 of 16 patches greyed: 3/4 of the pixels
+    assert abs((np.asarray(shade)[..., 3] > 0).mean() - 0.75) < 1e-6
+    plt.close(fig)
+    d = {"target": np.zeros((8, 8)), "masked": np.zeros((8, 8)), "reconstruction": np.ones((8, 8))}
+    fig = viz.reconstruction_panels({"MAE": d, "ALTA": d})
+    assert len(fig.axes) == 6 and fig.axes[5].get_title() == "ALTA: reconstruction"
+    plt.close(fig)
 
 
 def test_learning_curves_draw_each_seed_their_mean_the_stop_and_the_references():

@@ -66,6 +66,12 @@ class AlignmentRecipe:
     #: freeze the text encoder whole and memoise its features (``TextEncoder.cache_features``):
     #: for runs whose trainable set leaves the text encoder out
     cache_text: bool = False
+    #: the stage's AdamW weight decay and betas, the gradient clip (None: none) and the span of
+    #: its LR schedule in epochs (None: the run's own; :class:`~medalign_lite.train.Stage`)
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    schedule_epochs: int | None = None
     #: IU-Phantom-extra training studies added to IU-Phantom's training split
     #: (:func:`~medalign_lite.data.ensure_iu_phantom`; 0: IU-Phantom alone; a user's own manifest
     #: gets none)
@@ -75,8 +81,12 @@ class AlignmentRecipe:
 def default_trainable(method: str, method_options: dict | None = None, text: bool = True) -> list[str]:
     """The image encoder, the projections, MiniLM's last layer (``text=False``: the text
     encoder stays frozen whole), and a method's own weights: AGA's BCGA attention lives in
-    ``head`` (absent when an ablation drops BCGA or keeps only L_g)."""
+    ``head`` (absent when an ablation drops BCGA or keeps only L_g). A method whose class names
+    its own set (``trainable_patterns(method_options)``: ALTA's adapters, norms and heads) gets that."""
     opts = method_options or {}
+    own = getattr(get_method(method).module, "trainable_patterns", None)
+    if own is not None:
+        return list(own(opts))
     base = ["image_encoder.*", "img_*", "txt_*"] + (["text_encoder.model.encoder.layer.5.*"] if text else [])
     has_head = method == "aga" and opts.get("use_bcga", True) and not opts.get("global_only", False)
     return base + (["head.*"] if has_head else [])
@@ -148,7 +158,9 @@ def recipe_from_config(config: str | Path, overrides: Sequence[str] = (), *, see
                            max_steps=stage.max_steps, warmup_ratio=stage.warmup_ratio,
                            trainable=list(stage.trainable) if trainable_given else None,
                            text_columns=tuple(data.text_columns), seed=seed, device=device, method_options=options,
-                           augment=data.augment, cache_text=data.cache_text, extra_studies=data.extra_studies)
+                           augment=data.augment, cache_text=data.cache_text, weight_decay=stage.weight_decay,
+                           betas=tuple(stage.betas), max_grad_norm=train.max_grad_norm,
+                           schedule_epochs=stage.schedule_epochs, extra_studies=data.extra_studies)
 
 
 #: Learning curves are read on a *validation* draw of the 5×200 recipe, never on the test gallery:
@@ -187,7 +199,8 @@ def build_model(recipe: AlignmentRecipe, text_encoder: nn.Module | None = None) 
         raise ValueError(f"{recipe.method!r} is a {spec.kind.replace('_', ' ')}, not a dual encoder")
     cls, cfg_cls = spec.module, spec.config
     torch.manual_seed(recipe.seed)
-    vision = build_image_encoder(VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size}))
+    build_vision = getattr(cls, "build_vision", build_image_encoder)  # ALTA: a masked autoencoder
+    vision = build_vision(VisionConfig(**{**asdict(recipe.vision), "image_size": recipe.image_size}))
     if text_encoder is not None and not recipe.cache_text:
         raise ValueError("a shared text_encoder needs cache_text=True (a trained one would leak between runs)")
     text = text_encoder if text_encoder is not None else build_text_encoder(recipe.text)
@@ -205,7 +218,8 @@ def train_alignment(model: nn.Module, manifest: str | Path | Sequence[str | Path
                     resume: bool = False, eval_fn: Callable | None = None,
                     dataset: ManifestDataset | None = None, eval_every: int = 0) -> TrainResult:
     """Train ``model`` on the manifest's train split with the recipe's single stage (a list of
-    manifests reads as one: :func:`training_manifests`).
+    manifests reads as one: :func:`training_manifests`; the image views a model reads beyond the
+    current frontal: its ``dataset_views``, ALTA's four).
 
     ``dataset`` replaces the one built from ``manifest`` (e.g. one in-memory training set
     shared by the runs of an ablation). ``eval_fn(model) -> {name: number}`` runs every
@@ -214,13 +228,15 @@ def train_alignment(model: nn.Module, manifest: str | Path | Sequence[str | Path
     """
     ds = dataset if dataset is not None else ManifestDataset(
         manifest, split="train", text_columns=recipe.text_columns, image_size=recipe.image_size,
-        train=recipe.augment, cache=not recipe.augment)
+        train=recipe.augment, cache=not recipe.augment, views=getattr(model, "dataset_views", ("frontal",)))
     cfg = TrainConfig(output_dir=str(output_dir), batch_size=recipe.batch_size, seed=recipe.seed,
-                      device=recipe.device, log_every=5, drop_last=True, eval_every=eval_every,
+                      device=recipe.device, log_every=5, drop_last=True, max_grad_norm=recipe.max_grad_norm,
+                      eval_every=eval_every,
                       stages=[Stage(name=recipe.method, epochs=recipe.epochs, lr=recipe.lr,
                                     trainable=recipe_trainable(recipe),
                                     warmup_ratio=recipe.warmup_ratio,
-                                    max_steps=recipe.max_steps)])
+                                    max_steps=recipe.max_steps, weight_decay=recipe.weight_decay,
+                                    betas=recipe.betas, schedule_epochs=recipe.schedule_epochs)])
     return Trainer(model, ds, cfg, collate_fn=Collate(model.tokenize), eval_fn=eval_fn).fit(resume=resume)
 
 

@@ -1,14 +1,18 @@
 """Pre-training of the cached stand-ins: an aligned vision encoder and a tiny report LM.
 
-S2D-ALIGN (and ExGra-Med) freeze a pretrained image encoder and tune a pretrained LLM with LoRA.
-At laptop scale neither exists, so both are trained here once, through the same
-:class:`~medalign_lite.train.Trainer` as every method, and cached on disk:
+S2D-ALIGN (and ExGra-Med) freeze a pretrained image encoder and tune a pretrained LLM with LoRA;
+ALTA adapts a pretrained masked autoencoder. At laptop scale none of them exists, so each is
+trained here once, through the same :class:`~medalign_lite.train.Trainer` as every method, and
+cached on disk:
 
 1. :func:`pretrained_vision_encoder` — a ``tiny_cnn`` aligned with reports by ConVIRT
    (image–report InfoNCE, :mod:`medalign_lite.methods.baselines`; the recipe
    :func:`default_encoder_recipe`, read from ``configs/convirt_tiny.yaml``), then frozen.
 2. :func:`pretrain_report_lm` — a tiny Llama trained on the training reports (next-token
    cross-entropy), saved as a Hugging Face folder.
+3. :func:`pretrained_mae` — a small ViT masked autoencoder (transformers ``ViTMAEForPreTraining``)
+   trained by masked autoencoding on the training split's frontal and lateral images, saved
+   as a Hugging Face folder: the stand-in for ALTA's MRM weights.
 
 **What a cache key covers.** Everything that changes the weights: the recipe or settings, the
 training data (the manifest's sha256, or the texts), :func:`code_fingerprint` (the source of the
@@ -26,7 +30,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,11 +44,14 @@ from ..utils import atomic_dir, atomic_write
 
 __all__ = [
     "CACHE_VERSION",
+    "MAEObjective",
+    "MAEPretrainConfig",
     "ReportLMObjective",
     "code_fingerprint",
     "default_encoder_recipe",
     "encoder_cache_key",
     "pretrain_report_lm",
+    "pretrained_mae",
     "pretrained_vision_encoder",
 ]
 
@@ -360,4 +367,127 @@ def pretrain_report_lm(texts: Sequence[str], llm=None, epochs: int = 3, batch_si
                                                        rows[-1]["global_step"],
                                                        "final_loss": rows[-1]["loss"] if rows else None,
                                                        "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    return folder
+
+
+# --------------------------------------------------------------------------- 3. masked autoencoder
+
+
+@dataclass
+class MAEPretrainConfig:
+    """How the tutorial's MAE is pre-trained (the ``mae_pretrain:`` section of ``alta_tiny.yaml``).
+
+    MAE's recipe (He et al.) at CPU scale: AdamW β = (0.9, 0.95), weight decay 0.05, warm-up then
+    cosine; masking at the model config's ``mask_ratio`` (0.75) and its norm-pix loss. The images
+    are the training split's ``views`` at the recipe's size, without augmentation (random masking
+    is the augmentation), kept in memory.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = 0.05
+    max_steps: int | None = None
+    views: tuple[str, ...] = ("frontal", "lateral")
+
+    def __post_init__(self):
+        self.views = tuple(self.views)
+        if not self.views or self.views[0] != "frontal":
+            raise ValueError(f"views must start with 'frontal', got {self.views}")
+
+
+class MAEObjective(nn.Module):
+    """A ``ViTMAEForPreTraining`` as a trainer model: ``forward(batch)`` → ``{"loss"}``, its
+    norm-pix MSE on the masked patches of every image of the batch (the current frontal and each
+    other view a study has, stacked)."""
+
+    def __init__(self, mae: nn.Module, views: Sequence[str] = ("frontal",)):
+        super().__init__()
+        self.mae, self.views = mae, tuple(views)
+
+    def forward(self, batch) -> dict:
+        images = [batch.images]
+        for v in self.views[1:]:
+            x, present = getattr(batch, v, None), getattr(batch, f"{v}_present", None)
+            if x is not None:
+                images.append(x[present])
+        x = torch.cat(images)
+        c = int(self.mae.config.num_channels)
+        return {"loss": self.mae(pixel_values=x.expand(-1, c, -1, -1) if x.shape[1] != c else x).loss}
+
+
+def pretrained_mae(manifest: str | os.PathLike, vision, settings: MAEPretrainConfig | None = None, seed: int = 0,
+                   device: str = "auto", cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
+    """The folder of a masked autoencoder pre-trained on ``manifest``'s training images (cached).
+
+    ALTA adapts MRM's ViT-B/16, an MAE pre-trained on MIMIC-CXR. Our stand-in is the random MAE
+    that ``vision`` (a :class:`~medalign_lite.models.vision.VisionConfig` with a ``vit_mae``
+    ``hf_config``, ``pretrained=False``, at ``vision.image_size``) describes, trained here by
+    masked autoencoding (:class:`MAEObjective`, every weight, one trainer stage with
+    ``settings``) on the train split's frontal and lateral images. The result is a Hugging Face
+    folder (``config.json``, ``model.safetensors``, ``pretrain.json`` with the settings, steps,
+    seconds and final loss) that ``build_mae(VisionConfig(pretrained=str(folder)))`` loads.
+
+    Cached under ``{cache_dir or $MEDALIGN_CACHE/encoders}/mae-<sha>``; the key covers the
+    vision config, the settings, the seed, the manifest's content, :func:`code_fingerprint` and
+    the torch thread count. Two processes asking for one entry take turns on a lock beside it;
+    the folder is written to a temporary name and renamed.
+    """
+    from ..data import build_lock
+    from ..data.dataset import Collate, ManifestDataset
+    from ..models.loading import quiet_hub_progress
+    from ..models.mae import build_mae
+
+    settings = settings or MAEPretrainConfig()
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found")
+    if vision.hf_config is None or vision.pretrained is not False:
+        raise ValueError("pretrained_mae trains a random MAE: give vision.hf_config and pretrained=False")
+    key = {"version": CACHE_VERSION, "code": code_fingerprint(), "threads": torch.get_num_threads(),
+           "vision": json.loads(json.dumps(asdict(vision), sort_keys=True, default=str)),
+           "settings": json.loads(json.dumps(asdict(settings), default=str)), "seed": seed,
+           **_manifest_identity(manifest)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
+    folder = root / f"mae-{vision.image_size}px-{digest}"
+
+    def done() -> bool:
+        return (folder / "model.safetensors").is_file() and (folder / "pretrain.json").is_file()
+
+    if done():
+        if progress:
+            print(f"MAE loaded from {folder}")
+        return folder
+    with build_lock(folder):
+        if done():  # trained by another process meanwhile
+            return folder
+        if progress:
+            print(f"pre-training the MAE on {manifest} (cached to {folder} afterwards)")
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        mae = build_mae(vision)
+        ds = ManifestDataset(manifest, split="train", views=settings.views, image_size=vision.image_size,
+                             text_columns=("findings",), cache=True)
+        with tempfile.TemporaryDirectory(prefix=folder.name + ".run-", dir=root) as run_dir:
+            cfg = TrainConfig(output_dir=run_dir, batch_size=settings.batch_size, seed=seed, device=device,
+                              log_every=10, max_grad_norm=None, drop_last=True,
+                              stages=[Stage(name="mae_pretrain", epochs=settings.epochs, lr=settings.lr,
+                                            trainable=["*"], weight_decay=settings.weight_decay,
+                                            betas=settings.betas, warmup_ratio=settings.warmup_ratio,
+                                            max_steps=settings.max_steps)])
+            result = Trainer(MAEObjective(mae, settings.views), ds, cfg, collate_fn=Collate()).fit(resume=False)
+        rows = [r for r in result.history if "loss" in r]
+        mae = mae.cpu()
+        info = {**key, "manifest": str(manifest.resolve()), "steps": rows[-1]["global_step"] if rows else 0,
+                "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
+                "seconds": round(time.perf_counter() - t0, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "history": [{"step": r["global_step"], "loss": round(r["loss"], 5)} for r in rows]}
+        with atomic_dir(folder) as tmp, quiet_hub_progress(mae):
+            mae.save_pretrained(str(tmp), safe_serialization=True)
+            (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
+    if progress:
+        print(f"MAE pre-trained in {info['seconds']} s, loss {info['first_loss']:.3f} -> {info['final_loss']:.3f}")
     return folder

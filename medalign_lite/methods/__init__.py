@@ -25,7 +25,7 @@ KINDS = ("dual_encoder", "report_generator", "both")
 #: The modules whose import registers the methods (imported on the first look-up, so that
 #: importing one method does not import every other method's dependencies).
 _MODULES = ("medalign_lite.methods.baselines", "medalign_lite.methods.aga", "medalign_lite.methods.s2d",
-            "medalign_lite.methods.exgramed")
+            "medalign_lite.methods.exgramed", "medalign_lite.methods.alta")
 
 
 @dataclass(frozen=True)

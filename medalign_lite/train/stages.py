@@ -34,6 +34,9 @@ class Stage:
         betas: AdamW (β1, β2).
         warmup_ratio: fraction of the stage's steps with linear warm-up, then cosine decay to 0.
         max_steps: cap on the stage's optimizer steps (the schedule spans the capped length).
+        schedule_epochs: the warm-up + cosine schedule spans this many epochs while the stage
+            runs ``epochs`` (ALTA: cosine over 100 epochs, stopped at 30); None: the stage's own
+            length. ``warmup_ratio`` is then a fraction of the schedule.
         inputs: stage-specific switches handed to ``model.set_stage(stage)`` (e.g. S2D stage 2:
             ``{"reference_report": True}``).
     """
@@ -47,6 +50,7 @@ class Stage:
     warmup_ratio: float = 0.0
     max_steps: int | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
+    schedule_epochs: int | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -57,6 +61,9 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"stage {self.name!r}: max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ValueError(f"stage {self.name!r}: schedule_epochs ({self.schedule_epochs}) must be >= "
+                             f"epochs ({self.epochs}) or None")
         if not self.trainable:
             raise ValueError(f"stage {self.name!r}: trainable is empty (use ['*'] to train everything)")
         if self.weight_decay < 0:

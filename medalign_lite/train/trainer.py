@@ -502,9 +502,10 @@ class Trainer:
             groups = [g for g in ({"params": decay, "weight_decay": stage.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
             optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=stage.betas)
-            warmup = math.ceil(stage.warmup_ratio * total) if stage.warmup_ratio > 0 else 0
+            span = stage.schedule_epochs * steps_per_epoch if stage.schedule_epochs is not None else total
+            warmup = math.ceil(stage.warmup_ratio * span) if stage.warmup_ratio > 0 else 0
             scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, functools.partial(warmup_cosine, warmup=warmup, total=total))
+                optimizer, functools.partial(warmup_cosine, warmup=warmup, total=span))
             acc.free_memory()  # forget the previous stage's wrapped model and optimizer
             model, optimizer = acc.prepare(raw, optimizer)
             clip_params = list(model.parameters()) if self._is_fsdp() else params
