@@ -215,6 +215,11 @@ def _bench_exgramed(args: argparse.Namespace) -> int:
         print(f"  solver {name}, 6 matchings + 6 target solves: " +
               ", ".join(f"B={b}: {ms:.2f} ms" for b, ms in per_b.items()))
     print(f"  {res['threads']} thread(s), load average before/after: {res['load_avg']}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def _bench_alta(args: argparse.Namespace) -> int:
     import json
 

@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from medalign_lite.methods.exgramed import (
@@ -120,6 +120,7 @@ def test_barycenter_is_the_mean_and_carries_gradient_to_every_modality():
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(2, 7), k=st.integers(1, 4), seed=st.integers(0, 10_000), share=st.booleans(),
        soft=st.booleans())
+@example(n=3, k=1, seed=3227, share=False, soft=False)  # two equal nodes: 1.4e-9 off before edge_weights zeroed them
 def test_factorised_quadratic_term_equals_the_explicit_edge_pair_sum(n, k, seed, share, soft):
     g = torch.Generator().manual_seed(seed)
     h = torch.relu(torch.randn(2, n, 5, generator=g, dtype=torch.float64)) + 0.1

@@ -124,15 +124,18 @@ def edge_weights(h: torch.Tensor, graphs: Graphs, eps: float = 1e-8) -> torch.Te
     """Weighted adjacency A^w_ij = A_ij / ‖h_i − h_j‖ (P, N, N) of raw node features h
     (P, N, D): with it the normalised edge feature is ê_ij = (h_i − h_j)·A^w_ij, so edge inner
     products factorise (:mod:`.matching`). The norms are taken on the E = N·k′ edges only
-    (a (P, N, k′, D) difference, never (P, N, N, D)); ‖·‖ is clamped at ``eps``
-    (``F.normalize``'s rule), and a zero difference has gradient 0."""
+    (a (P, N, k′, D) difference, never (P, N, N, D)). An edge whose nodes coincide
+    (‖h_i − h_j‖ ≤ ``eps``) gets weight 0: its ê is 0, as ``F.normalize`` gives, and the
+    factorised products never multiply a cancelled difference's rounding by 1/eps (that made
+    the quadratic term 1e-9 off in float64 when two nodes were equal); its gradient is 0."""
     p, n, d = h.shape
     k = graphs.k
     if k == 0:
         return h.new_zeros(p, n, n)
     idx = graphs.neighbours.reshape(p, n * k, 1).expand(-1, -1, d)
     diff = h.unsqueeze(2) - h.gather(1, idx).view(p, n, k, d)                 # (P, N, k′, D)
-    w = 1.0 / torch.linalg.vector_norm(diff, dim=-1).clamp_min(eps)           # (P, N, k′)
+    norm = torch.linalg.vector_norm(diff, dim=-1)                              # (P, N, k′)
+    w = torch.where(norm > eps, 1.0 / norm.clamp_min(eps), torch.zeros_like(norm))
     return h.new_zeros(p, n, n).scatter(-1, graphs.neighbours, w)
 
 
