@@ -140,6 +140,16 @@ def precision_at_k(similarity: torch.Tensor, query_labels: Labels, gallery_label
     return {k: float(cum[k - 1] / (n_q * k)) for k in ks}
 
 
+def within_precision_at_k(embeddings: torch.Tensor, labels: Labels, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Class P@K of a set against itself (image→image, report→report): cosine similarity of
+    the L2-normalised ``embeddings`` (N, D), each item's own entry left out; cut-offs ``K ≥ N``
+    are dropped. ``{K: P@K}``."""
+    x = F.normalize(embeddings.float(), dim=-1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-float("inf"))
+    return precision_at_k(sim, labels, labels, [k for k in ks if k < len(x)])
+
+
 def precision_at_k_per_query(similarity: torch.Tensor, query_labels: Labels, gallery_labels: Labels, k: int,
                               chunk_size: int | None = None) -> torch.Tensor:
     """(Q,) float64: each query's share of its top-K gallery items with its class, so that

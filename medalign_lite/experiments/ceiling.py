@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import Collate, ManifestDataset
 from ..data.findings import CATALOGUE, CHEXPERT_LABELS
-from ..eval.retrieval import precision_at_k
+from ..eval.retrieval import within_precision_at_k
 from ..eval.zeroshot import auroc
 from ..models.vision import build_image_encoder
 from ..train import Stage, TrainConfig, Trainer, TrainResult
@@ -161,11 +161,7 @@ def ceiling_retrieval(model: LabelCeiling, gallery: ManifestDataset, ks: Sequenc
     """Image→image class P@K over the gallery with the encoder's pooled, L2-normalised features:
     each image queries every other one (its own entry is excluded). ``{"i2i_P@K": …}``."""
     pooled, _, _ = encode_dataset(model.image_encoder, gallery, patches=False)
-    sim = pooled @ pooled.T
-    sim.fill_diagonal_(-float("inf"))
-    labels = gallery.df[label_column].tolist()
-    ks = [k for k in ks if k < len(labels)]
-    return {f"i2i_P@{k}": v for k, v in precision_at_k(sim, labels, labels, ks).items()}
+    return {f"i2i_P@{k}": v for k, v in within_precision_at_k(pooled, gallery.df[label_column].tolist(), ks).items()}
 
 
 @torch.no_grad()

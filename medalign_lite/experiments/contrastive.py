@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ..config import ConfigError, config_path, load_config, read_yaml, split_overrides
 from ..data.dataset import Collate, ManifestDataset
 from ..eval.grounding import mask_auroc, pointing_game
-from ..eval.retrieval import precision_at_k, precision_at_k_per_query, retrieval_report
+from ..eval.retrieval import precision_at_k_per_query, retrieval_report, within_precision_at_k
 from ..methods import get_method
 from ..models.text import TextConfig, build_text_encoder
 from ..models.vision import VisionConfig, build_image_encoder
@@ -288,11 +288,7 @@ def retrieval_eval(model: nn.Module, manifest: str | Path, image_size: int, ks: 
     labels = ds.df[label_column].tolist()
     out: dict = retrieval_report(e["image"], e["text"], labels, ks=tuple(ks))
     for name, x in (("i2i", e["image"]), ("t2t", e["text"])):
-        x = F.normalize(x.float(), dim=-1)
-        within = x @ x.T
-        within.fill_diagonal_(-float("inf"))
-        out.update({f"{name}_P@{k}": v for k, v in
-                    precision_at_k(within, labels, labels, [k for k in ks if k < len(labels)]).items()})
+        out.update({f"{name}_P@{k}": v for k, v in within_precision_at_k(x, labels, ks).items()})
     sim = F.normalize(e["image"].float(), dim=-1) @ F.normalize(e["text"].float(), dim=-1).T  # as retrieval_report
     out["per_query"] = {f"{name}_P@{k}": precision_at_k_per_query(s, labels, labels, k).numpy()
                         for name, s in (("i2t", sim), ("t2i", sim.T.contiguous())) for k in ks if k <= len(labels)}

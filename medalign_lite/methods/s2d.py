@@ -82,7 +82,7 @@ from torch import nn
 
 from ..models.generation import generate_from_embeds
 from ..models.llm import IGNORE_INDEX, LLMConfig, apply_lora, causal_lm_loss
-from ..nn import CrossAttention, MLPProjector, mlp
+from ..nn import CrossAttention, MLPProjector, freeze, mlp
 from ..text.phrases import extract_phrases
 from . import register_method
 
@@ -232,9 +232,7 @@ class S2D(nn.Module):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad and an eos token")
-        self.vision = vision_encoder
-        self.vision.requires_grad_(False)
-        self.vision.eval()
+        self.vision = freeze(vision_encoder)
         self.lm = lm if isinstance(lm, PeftModel) else apply_lora(lm, llm_config or LLMConfig())
         hidden = int(self.lm.get_input_embeddings().embedding_dim)
         v_dim = int(vision_encoder.patch_dim)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medalign_lite.eval.retrieval import (bench_retrieval, first_positive_rank, positives_from_duplicates,
-                                          precision_at_k, recall_at_k, retrieval_report)
+                                          precision_at_k, recall_at_k, retrieval_report, within_precision_at_k)
 
 
 def _ranking(row: list[float]) -> list[int]:
@@ -128,3 +128,20 @@ def test_input_errors():
 def test_bench_runs_small():
     out = bench_retrieval(n_query=50, n_gallery=60, dim=8, repeats=1)
     assert out["p_at_k_s"] > 0 and out["report_s"] > 0
+
+
+def test_within_precision_leaves_each_item_out_and_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 4, generator=g)
+    labels = [i % 3 for i in range(12)]
+    got = within_precision_at_k(x, labels, ks=(1, 3, 12))
+    assert set(got) == {1, 3}  # K = N has no room once the item itself is out
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    for k in (1, 3):
+        hits = []
+        for q in range(12):
+            others = sorted((j for j in range(12) if j != q), key=lambda j: -float(xn[q] @ xn[j]))
+            hits.append(sum(labels[j] == labels[q] for j in others[:k]) / k)
+        assert got[k] == pytest.approx(sum(hits) / 12)
+    # duplicated items: with itself left out each one's nearest neighbour is its twin
+    assert within_precision_at_k(torch.cat([x[:3], x[:3]]), [0, 1, 2, 0, 1, 2], ks=(1,))[1] == 1.0
