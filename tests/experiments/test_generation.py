@@ -258,3 +258,24 @@ def test_code_fingerprint_ignores_docstrings_and_comments_but_not_code(tmp_path,
     dump = [ast.dump(pretrain._strip_docstrings(ast.parse(t))) for t in (src, same, other)]
     assert dump[0] == dump[1] != dump[2]
     assert len(code_fingerprint()) == 16 and code_fingerprint() == code_fingerprint()
+
+
+def test_report_curve_scores_the_generated_reports_against_their_references(monkeypatch):
+    import medalign_lite.experiments.generation as gen
+
+    refs = ["The heart is enlarged. No effusion.", "Large left pleural effusion.", "The lungs are clear."]
+    written = {}
+
+    def fake_generate(model, items, _, batch_size, progress, **kw):
+        written.update(kw)
+        return written.setdefault("reports", list(refs))
+
+    monkeypatch.setattr(gen, "generate_reports", fake_generate)
+    with pytest.raises(ValueError, match="3 studies but 2 references"):
+        gen.ReportCurve(range(3), refs[:2])
+    out = gen.ReportCurve(range(3), refs, batch_size=2, max_new_tokens=8)(None)
+    assert written["num_beams"] == 1 and written["max_new_tokens"] == 8  # greedy unless told otherwise
+    assert out["val_ce_micro_f1"] == 1.0 and out["val_distinct"] == 3
+    written["reports"] = ["The lungs are clear."] * 3  # one template for every study
+    out = gen.ReportCurve(range(3), refs)(None)
+    assert out["val_distinct"] == 1 and out["val_ce_micro_f1"] < 1.0 and out["val_ce_macro_f1"] < 1.0
