@@ -425,8 +425,9 @@ def pretrained_mae(manifest: str | os.PathLike, vision, settings: MAEPretrainCon
     ALTA adapts MRM's ViT-B/16, an MAE pre-trained on MIMIC-CXR. Our stand-in is the random MAE
     that ``vision`` (a :class:`~medalign_lite.models.vision.VisionConfig` with a ``vit_mae``
     ``hf_config``, ``pretrained=False``, at ``vision.image_size``) describes, trained here by
-    masked autoencoding (:class:`MAEObjective`, every weight, one trainer stage with
-    ``settings``) on the train split's frontal and lateral images. The result is a Hugging Face
+    masked autoencoding (:class:`MAEObjective`, every weight but the fixed sin-cos position
+    embeddings, one trainer stage with ``settings``) on the train split's frontal and lateral
+    images. The result is a Hugging Face
     folder (``config.json``, ``model.safetensors``, ``pretrain.json`` with the settings, steps,
     seconds and final loss) that ``build_mae(VisionConfig(pretrained=str(folder)))`` loads.
 
@@ -469,13 +470,15 @@ def pretrained_mae(manifest: str | os.PathLike, vision, settings: MAEPretrainCon
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         mae = build_mae(vision)
+        # every weight but the fixed sin-cos position embeddings (MAE's; requires_grad False)
+        trainable = [f"mae.{n}" for n, p in mae.named_parameters() if p.requires_grad]
         ds = ManifestDataset(manifest, split="train", views=settings.views, image_size=vision.image_size,
                              text_columns=("findings",), cache=True)
         with tempfile.TemporaryDirectory(prefix=folder.name + ".run-", dir=root) as run_dir:
             cfg = TrainConfig(output_dir=run_dir, batch_size=settings.batch_size, seed=seed, device=device,
                               log_every=10, max_grad_norm=None, drop_last=True,
                               stages=[Stage(name="mae_pretrain", epochs=settings.epochs, lr=settings.lr,
-                                            trainable=["*"], weight_decay=settings.weight_decay,
+                                            trainable=trainable, weight_decay=settings.weight_decay,
                                             betas=settings.betas, warmup_ratio=settings.warmup_ratio,
                                             max_steps=settings.max_steps)])
             result = Trainer(MAEObjective(mae, settings.views), ds, cfg, collate_fn=Collate()).fit(resume=False)

@@ -32,7 +32,7 @@ from torch import nn
 
 from .loading import load_state_dict, quiet_hub_progress, resolve_pretrained
 
-__all__ = ["build_mae", "convert_mae_checkpoint", "mae_config"]
+__all__ = ["build_mae", "convert_mae_checkpoint", "init_random_mae", "mae_config"]
 
 
 def mae_config(hf_config: dict, image_size: int | None = None):
@@ -90,6 +90,29 @@ def convert_mae_checkpoint(state_dict: dict[str, torch.Tensor], num_layers: int 
     return out
 
 
+def init_random_mae(model: nn.Module) -> nn.Module:
+    """Give a freshly built ``ViTMAEForPreTraining`` MAE's initialisation: fixed 2-D sin-cos position
+    embeddings in the encoder and the decoder, the patch projection as a Linear (Xavier), CLS and
+    mask token N(0, 0.02). Returns ``model``.
+
+    transformers 5.x leaves them at zero on a model built from a config: its weight
+    initialisation flags the patch projection as initialised before it reaches the embeddings, so
+    ``ViTMAEEmbeddings.initialize_weights`` returns early, and the decoder's ``_init_weights``
+    zeroes ``decoder_pos_embed`` and ``mask_token``. With zero (and frozen) position embeddings
+    the MAE cannot tell one patch from another: its loss stays at the patch mean's (0.93 of 1).
+    Here the modules' own ``initialize_weights`` run again with the flags cleared.
+    """
+    emb, dec = model.vit.embeddings, model.decoder
+    tensors = (emb.position_embeddings, emb.cls_token, emb.patch_embeddings.projection.weight,
+               dec.decoder_pos_embed, dec.mask_token)
+    for obj in (emb.patch_embeddings.projection, *tensors):
+        if hasattr(obj, "_is_hf_initialized"):
+            obj._is_hf_initialized = False
+    emb.initialize_weights()
+    dec.initialize_weights(emb.patch_embeddings.num_patches)
+    return model
+
+
 def build_mae(cfg) -> nn.Module:
     """A ``ViTMAEForPreTraining`` for a :class:`~medalign_lite.models.vision.VisionConfig` (see the
     module docstring for what ``name``, ``pretrained`` and ``hf_config`` select). ``cfg.in_chans``
@@ -102,7 +125,7 @@ def build_mae(cfg) -> nn.Module:
         if cfg.hf_config is None:
             raise ValueError(f"{cfg.name}: a random MAE needs hf_config (a vit_mae config dict)")
         conf = mae_config({"num_channels": cfg.in_chans, **cfg.hf_config}, cfg.image_size)
-        return ViTMAEForPreTraining(conf)
+        return init_random_mae(ViTMAEForPreTraining(conf))
     source = resolve_pretrained(cfg.name if pretrained is True else pretrained, cfg.allow_download)
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file():
