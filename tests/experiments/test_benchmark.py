@@ -96,9 +96,11 @@ def _results() -> B.BenchmarkResults:
     out = []
     for name, items in (("gloria", good), ("convirt", bad)):
         for s, it in enumerate(items):
+            floor = (rng.random(100) < 0.2).astype(float)
             out.append(B.JobResult(name, "dual_encoder", s, {"i2t_P@5": float(it.mean()), "zeroshot_accuracy": 0.5},
                                    {"i2t_P@5": 0.2} if s == 0 else None, {"i2t_P@5": it},
-                                   {"steps": 100, "seconds_per_step": 0.1 * (s + 1)}))
+                                   {"steps": 100, "seconds_per_step": 0.1 * (s + 1)},
+                                   {"floor_per_item": {"i2t_P@5": floor}} if s == 0 else {}))
     out.append(B.JobResult(B.CEILING, "ceiling", 0, {"i2t_P@5": 0.9}, None, {}, {"steps": 100}))
     out.append(B.JobResult("s2d", "report_generator", 0, {"ce_micro_f1_u0": 0.7}, None, {"reports": list(refs)}))
     out.append(B.JobResult("majority", "baseline", 0, {"ce_micro_f1_u0": 0.2}, None,
@@ -129,6 +131,8 @@ def test_claims_decide_every_stated_ordering():
     claims = {(c.a, c.b, c.metric): c for c in res.claims()}
     c = claims[("gloria", "convirt", "i2t_P@5")]  # the higher mean first
     assert c.verdict == "holds" and c.n_seeds == 2 and c.low > 0
+    up = claims[("gloria", f"{FLOOR_PREFIX}gloria", "i2t_P@5")]  # above its own untrained model
+    assert up.verdict == "holds" and up.n_items == 100
     # the generator copies every reference: above the majority report on both averages
     for avg in ("micro", "macro"):
         assert claims[("s2d", "majority", f"CE {avg} F1")].verdict == "holds"

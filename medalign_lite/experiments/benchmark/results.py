@@ -148,8 +148,8 @@ class BenchmarkResults:
         """The results of ``system`` (a floor: the method's results that carry one), by seed."""
         if system.startswith(FLOOR_PREFIX) and system not in {r.system for r in self.results}:
             base = system[len(FLOOR_PREFIX):]
-            return [JobResult(system, r.kind, r.seed, r.floor) for r in self.results
-                    if r.system == base and r.floor is not None]
+            return [JobResult(system, r.kind, r.seed, r.floor, per_item=r.extra.get("floor_per_item", {}))
+                    for r in self.results if r.system == base and r.floor is not None]
         return sorted([r for r in self.results if r.system == system], key=lambda r: r.seed)
 
     def kind(self, system: str) -> str:
@@ -252,8 +252,8 @@ class BenchmarkResults:
     def claims(self, seed: int = 0) -> list:
         """Every ordering the notebook states, decided by :mod:`medalign_lite.experiments.claims`:
 
-        - retrieval: each trained dual encoder above its untrained floor, and every pair of dual
-          encoders (the higher mean first), image→text P@5 per query;
+        - retrieval: each trained dual encoder above its untrained model (first seed), and every
+          pair of dual encoders (the higher mean first), image→text P@5 per query;
         - generation: each generator above the nearest-neighbour and the majority reports, and
           every pair of generators, CE micro and macro F1 per report (seeds with reports);
         - VQA: each question-answering generator above the majority answer and below / above the
@@ -267,6 +267,11 @@ class BenchmarkResults:
         key = "i2t_P@5"
         duals = [s for s in self.systems() if self.kind(s) == "dual_encoder" and not s.startswith(FLOOR_PREFIX)]
         per = {s: [r.per_item[key] for r in self.runs(s) if key in r.per_item] for s in duals}
+        for s in duals:  # each method above its own untrained model
+            floor = [r.per_item[key] for r in self.runs(FLOOR_PREFIX + s) if key in r.per_item]
+            if per[s] and floor:
+                out.append(decide(np.stack(per[s]), np.stack(floor), name=f"{s} > untrained", a_name=s,
+                                  b_name=FLOOR_PREFIX + s, metric=key, seed=seed))
         ranked = sorted([s for s in duals if per[s]], key=lambda s: -np.mean(self.values(s, key)))
         for a, b in combinations(ranked, 2):
             out.append(decide(np.stack(per[a]), np.stack(per[b]), name=f"{a} > {b}", a_name=a, b_name=b, metric=key,

@@ -391,10 +391,10 @@ def _dual_job(ctx: _Context, name: str, seed: int) -> list[JobResult]:
 
     r = _recipe(ctx, name, seed)
     text = (lambda: shared_text_encoder(r.text)) if r.cache_text else (lambda: None)
-    floor = None
+    floor, extra = None, {}
     if seed == ctx.first_seed:
         untrained = build_model(r, text_encoder=text())
-        floor, _ = _dual_eval(untrained, ctx, r)
+        floor, extra["floor_per_item"] = _dual_eval(untrained, ctx, r)
         del untrained
     model = build_model(r, text_encoder=text())
     train = _train_set(ctx, r, getattr(model, "dataset_views", ("frontal",)))
@@ -405,7 +405,7 @@ def _dual_job(ctx: _Context, name: str, seed: int) -> list[JobResult]:
     scores, per_query = _dual_eval(model, ctx, r)
     cost = {**_params(set_trainable(model, recipe_trainable(r))), **_step_cost(res.history, r.batch_size),
             "train_seconds": round(train_s, 1), "peak_mib": round(mem.mib, 1)}
-    return [JobResult(name, "dual_encoder", seed, scores, floor, per_query, cost)]
+    return [JobResult(name, "dual_encoder", seed, scores, floor, per_query, cost, extra)]
 
 
 def _ceiling_job(ctx: _Context, seed: int) -> list[JobResult]:
