@@ -221,3 +221,15 @@ def test_the_committed_readme_has_the_markers():
     text = (ROOT / "README.md").read_text()
     assert text.count(B.README_BEGIN) == 1 and text.count(B.README_END) == 1
     assert re.search(r"06_benchmark\.ipynb.*\| ready \|", text)
+
+
+def test_every_method_and_seed_is_one_job_and_exgramed_runs_its_seeds_together():
+    from medalign_lite.experiments.benchmark.runs import _jobs
+
+    plans = B.plan_methods()
+    jobs = _jobs(plans, [0, 1], ceiling=True)
+    assert jobs[0] == ("exgramed", (0, 1))  # its driver makes the seed-0 stand-ins once for every seed
+    pairs = [(n, s) for n, seeds in jobs for s in seeds]
+    expected = [(n, s) for n in [*plans, B.CEILING] for s in (0, 1)]
+    assert sorted(pairs) == sorted(expected) and len(pairs) == len(set(pairs))
+    assert not any(n == B.CEILING for n, _ in _jobs(plans, [0], ceiling=False))

@@ -565,8 +565,7 @@ def _run_chain(ctx: _Context, chain: Sequence[tuple[str, tuple[int, ...]]]) -> l
 def _jobs(plans: Mapping[str, MethodPlan], seeds: Sequence[int], ceiling: bool) -> list[tuple[str, tuple[int, ...]]]:
     """Generators first (their drivers train several stages and generate), then the dual encoders
     and the ceiling, seed by seed; the pool starts them in this order."""
-    gens = [(n, tuple(seeds)) if n in _ALL_SEEDS else None for n, p in plans.items() if not p.contrastive]
-    jobs = [j for j in gens if j is not None]
+    jobs = [(n, tuple(seeds)) for n, p in plans.items() if not p.contrastive and n in _ALL_SEEDS]
     jobs += [(n, (s,)) for s in seeds for n, p in plans.items() if not p.contrastive and n not in _ALL_SEEDS]
     for s in seeds:
         jobs += [(n, (s,)) for n, p in plans.items() if p.contrastive]
