@@ -616,3 +616,60 @@ def reconstruction_panels(rows: dict[str, dict], title: str = "masked image mode
     return fig
 
 
+
+
+def seed_points(frame, metrics: Sequence[str], intervals: dict | None = None, refs: dict | None = None,
+                title: str = "", ylabel: str = "score", log: bool = False) -> plt.Figure:
+    """One panel per metric: every seed of every system as a point (seaborn ``stripplot``), the
+    seed mean as a bar outline, and, where given, an interval as a black error bar
+    (``intervals[(system, metric)] = (low, high)``: a bootstrap interval over test items) and
+    reference lines (``refs[metric] = {label: value}``: floors and ceilings).
+
+    ``frame``: a long DataFrame with columns ``system``, ``metric``, ``seed``, ``value``
+    (:meth:`~medalign_lite.experiments.benchmark.BenchmarkResults.long_frame`)."""
+    import seaborn as sns
+
+    metrics = [m for m in metrics if (frame["metric"] == m).any()]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(max(4.0, 3.6 * len(metrics)), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sub = frame[frame["metric"] == metric]
+        order = list(dict.fromkeys(sub["system"]))
+        means = sub.groupby("system", sort=False)["value"].mean().reindex(order)
+        ax.bar(range(len(order)), means.to_numpy(), color="none", edgecolor="0.4", lw=1)
+        sns.stripplot(data=sub, x="system", y="value", order=order, hue="system", hue_order=order, ax=ax,
+                      size=5, jitter=0.15, legend=False, palette="tab10")
+        for i, system in enumerate(order):
+            iv = (intervals or {}).get((system, metric))
+            if iv is not None and np.all(np.isfinite(iv)):
+                m = float(means[system])
+                ax.errorbar(i, m, yerr=[[max(0.0, m - iv[0])], [max(0.0, iv[1] - m)]], color="k", capsize=3, lw=1)
+        for k, (label, value) in enumerate(((refs or {}).get(metric) or {}).items()):
+            if value is not None and np.isfinite(value):
+                ax.axhline(value, color=_COLORS[(k + 3) % len(_COLORS)], ls="--", lw=0.9, label=label)
+        if (refs or {}).get(metric):
+            ax.legend(fontsize=6, loc="best")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(order, rotation=30, ha="right", fontsize=7)
+        ax.set_xlabel("")
+        ax.set_ylabel(ylabel if ax is axes[0][0] else "")
+        ax.set_title(metric, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def task_heatmap(table, title: str = "", center: float = 1.0) -> plt.Figure:
+    """A systems × tasks heatmap of a DataFrame of numbers (e.g. each score over its task's
+    reference), annotated with the values; NaN cells stay blank (seaborn ``heatmap``)."""
+    import seaborn as sns
+
+    data = table.astype(float)
+    fig, ax = plt.subplots(figsize=(1.2 * data.shape[1] + 3, 0.42 * data.shape[0] + 1.6))
+    sns.heatmap(data, annot=True, fmt=".2f", cmap="vlag", center=center, ax=ax, cbar_kws={"shrink": 0.7},
+                annot_kws={"fontsize": 7})
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig

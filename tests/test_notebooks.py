@@ -36,6 +36,7 @@ OTHER_PARAMETERS = {
                          "overrides": ["model.use_mlm=false"]},
     "05_s2d_full": {"seed": 3, "ablations": ["reversed", "mlp_projector"], "workers": 1,
                     "overrides": ["model.num_beams=1"]},
+    "06_benchmark": {"seed": 2, "methods": ["gloria", "s2d"], "workers": 1, "budget_scale": 2.0},
 }
 
 
@@ -214,6 +215,32 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         assert nn["items"] == metrics["n_test"] and nn["verdict"] in ("holds", "reversed", "undecided")
         assert metrics["workers"] == params.get("workers", 2)  # the default smoke run exercises the workers
         assert metrics["seconds/total"] > 0
+    if stem == "06_benchmark":
+        from medalign_lite.experiments.benchmark import CEILING, readme_table
+        from medalign_lite.methods import get_method, list_methods
+        from tests.experiments.test_benchmark import check_readme_table
+
+        methods = params.get("methods") or list_methods()  # the registry, unless the user chose
+        assert metrics["seeds"] == [seed] and metrics["methods"] == methods
+        summary = metrics["summary"]
+        for m in methods:
+            assert summary[m]["steps"]["mean"] > 0 and summary[m]["trainable_params"]["mean"] > 0
+            assert summary[m]["pairs_seen"]["mean"] == summary[m]["steps"]["mean"] * summary[m]["batch_size"]["mean"]
+            if get_method(m).dual_encoder:  # every task, beside the floor and the ceiling
+                for key in ("i2t_P@5", "t2i_P@1", "zeroshot_accuracy", "probe_auroc@1", "probe_auroc@100", "mask_auroc"):
+                    assert 0 <= summary[m][key]["mean"] <= 1 and 0 <= summary[f"untrained {m}"][key]["mean"] <= 1
+                assert 0 <= summary[CEILING]["i2t_P@5"]["mean"] <= 1
+            else:
+                for key in ("ce_micro_f1_u0", "ce_macro_f1_u0", "ce_example_f1_u0", "ce5_macro_f1_u0", "BLEU_4", "CIDEr"):
+                    assert 0 <= summary[m][key]["mean"] <= 10
+        if "s2d" in methods:
+            assert {"nearest_neighbour", "majority"} <= set(summary)
+        budget = metrics["plans"][methods[0]]["stage_steps"][0]
+        assert budget == 3 * params.get("budget_scale", 1.0)  # smoke: 3 steps, times the scale
+        claims = [k for k in metrics if k.startswith("claim/")]
+        assert claims and all(metrics[k]["verdict"] in ("holds", "reversed", "undecided") for k in claims)
+        assert check_readme_table(readme_table(metrics), metrics) >= len(methods)  # the README table, cell by cell
+        assert metrics["run"]["smoke"] is True and metrics["run"]["command"].startswith("papermill")
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

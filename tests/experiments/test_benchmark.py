@@ -1,0 +1,236 @@
+"""Notebook 06's benchmark layer: the plan enumerates the registry and scales every budget alike,
+the ceiling copies the right recipe, results become tables and claims, and the README table is
+written from metrics.json alone, every cell equal to its number."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medalign_lite.eval.bootstrap import paired_bootstrap
+from medalign_lite.experiments import benchmark as B
+from medalign_lite.experiments.benchmark.results import FLOOR_PREFIX
+from medalign_lite.methods import list_methods
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_plan_enumerates_the_registry_and_sets_each_method_s_own_knobs():
+    plans = B.plan_methods()
+    assert list(plans) == list_methods()  # nothing hard-coded: the registry, in its order
+    for name, p in plans.items():
+        assert p.config == f"{name}_tiny"
+        knob = "data.extra_studies=4000" if p.contrastive else "extra_studies=4000"
+        assert p.overrides[0] == knob and p.batch_size > 0
+    assert plans["convirt"].steps == 1500 and plans["aga"].steps == 800  # the tutorial budgets
+    assert plans["exgramed"].steps is None  # its stages are bounded by epochs
+
+
+def test_budget_scale_multiplies_every_stage_of_every_method():
+    base, twice = B.plan_methods(), B.plan_methods(budget_scale=2.0)
+    for name in base:
+        for a, b in zip(base[name].stage_steps, twice[name].stage_steps):
+            assert (a is None and b is None) or b == 2 * a, name
+    assert "train.stages.1.epochs=6" in twice["exgramed"].overrides  # 3 epochs → 6
+    half = B.plan_methods(["s2d"], budget_scale=0.5)["s2d"]
+    assert half.stage_steps == [172, 86, 86]
+
+
+def test_a_bad_method_or_budget_is_an_error_naming_it(monkeypatch):
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        B.plan_methods(["nope"])
+    with pytest.raises(ValueError, match="budget_scale"):
+        B.plan_methods(["convirt"], budget_scale=0)
+    monkeypatch.delitem(B.GENERATOR_RUNNERS, "s2d")
+    with pytest.raises(ValueError, match="s2d: neither a contrastive config"):
+        B.plan_methods(["s2d"])
+
+
+def test_smoke_overrides_come_from_the_method_s_module_or_notebook_01():
+    plans = B.plan_methods(["convirt", "alta", "s2d"], smoke=True)
+    assert list(B.SMOKE_DUAL_OVERRIDES) == plans["convirt"].overrides[1:4]
+    assert any(o.startswith("mae_pretrain.") for o in plans["alta"].overrides)  # experiments.alta's
+    assert "llm.num_layers=1" in plans["s2d"].overrides  # experiments.s2d's
+
+
+def test_the_ceiling_copies_the_longest_budget_of_the_generic_encoders():
+    from medalign_lite.experiments.contrastive import recipe_from_config
+
+    recipes = {m: recipe_from_config(f"{m}_tiny") for m in ("convirt", "aga", "alta")}
+    assert B.ceiling_recipe(recipes).method == "convirt"  # 1,500 steps; ALTA's MAE is not the generic encoder
+    assert B.ceiling_recipe({"alta": recipes["alta"]}) is None
+
+
+def test_interval_is_the_claims_rule_bootstrap_against_zero():
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 300))
+    low, high = B.interval(x, seed=3)
+    r = paired_bootstrap(x, np.zeros_like(x[:1]), seed=3)
+    assert (low, high) == (r["low"], r["high"]) and low < x.mean() < high
+    assert B.interval(x[0]) == B.interval(x[:1])
+
+
+def test_peak_memory_sees_an_allocation():
+    from medalign_lite.experiments.benchmark.runs import _PeakMemory
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc/self/clear_refs on this system")
+    with _PeakMemory() as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del block
+    assert mem.mib > 48
+
+
+def _results() -> B.BenchmarkResults:
+    """Two dual encoders (two seeds, one with a floor), the ceiling, a generator and two
+    baselines, with per-item scores the claims can read."""
+    rng = np.random.default_rng(0)
+    good = [(rng.random(100) < 0.8).astype(float) for _ in range(2)]
+    bad = [(rng.random(100) < 0.3).astype(float) for _ in range(2)]
+    refs = ["heart is enlarged.", "no acute disease.", "small left pleural effusion."] * 10
+    out = []
+    for name, items in (("gloria", good), ("convirt", bad)):
+        for s, it in enumerate(items):
+            floor = (rng.random(100) < 0.2).astype(float)
+            out.append(B.JobResult(name, "dual_encoder", s, {"i2t_P@5": float(it.mean()), "zeroshot_accuracy": 0.5},
+                                   {"i2t_P@5": 0.2} if s == 0 else None, {"i2t_P@5": it},
+                                   {"steps": 100, "seconds_per_step": 0.1 * (s + 1)},
+                                   {"floor_per_item": {"i2t_P@5": floor}} if s == 0 else {}))
+    out.append(B.JobResult(B.CEILING, "ceiling", 0, {"i2t_P@5": 0.9}, None, {}, {"steps": 100}))
+    out.append(B.JobResult("s2d", "report_generator", 0, {"ce_micro_f1_u0": 0.7}, None, {"reports": list(refs)}))
+    out.append(B.JobResult("majority", "baseline", 0, {"ce_micro_f1_u0": 0.2}, None,
+                           {"reports": ["no acute disease."] * 30}))
+    out.append(B.JobResult("nearest_neighbour", "baseline", 0, {"ce_micro_f1_u0": 0.5}, None,
+                           {"reports": refs[1:] + refs[:1]}))
+    return B.BenchmarkResults(out, {}, [0, 1], 1.0, refs)
+
+
+def test_results_summary_rows_and_relative_scores():
+    res = _results()
+    systems = res.systems()
+    assert systems[:5] == [f"{FLOOR_PREFIX}gloria", "gloria", f"{FLOOR_PREFIX}convirt", "convirt", B.CEILING]
+    s = res.summary()
+    g = s["gloria"]["i2t_P@5"]
+    vals = res.values("gloria", "i2t_P@5")
+    assert g["n"] == 2 and g["mean"] == pytest.approx(np.mean(vals)) and g["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert s[f"{FLOOR_PREFIX}gloria"]["i2t_P@5"] == {"mean": 0.2, "std": None, "n": 1}
+    rel = res.relative_frame(("i2t_P@5", "ce_micro_f1_u0"))
+    assert rel.loc["gloria", "i2t_P@5"] == pytest.approx(g["mean"] / 0.9)
+    assert rel.loc["s2d", "ce_micro_f1_u0"] == pytest.approx(0.7 / 0.5) and np.isnan(rel.loc["s2d", "i2t_P@5"])
+    frame = res.long_frame(["i2t_P@5"])
+    assert len(frame[frame["system"] == "gloria"]) == 2
+
+
+def test_claims_decide_every_stated_ordering():
+    res = _results()
+    claims = {(c.a, c.b, c.metric): c for c in res.claims()}
+    c = claims[("gloria", "convirt", "i2t_P@5")]  # the higher mean first
+    assert c.verdict == "holds" and c.n_seeds == 2 and c.low > 0
+    up = claims[("gloria", f"{FLOOR_PREFIX}gloria", "i2t_P@5")]  # above its own untrained model
+    assert up.verdict == "holds" and up.n_items == 100
+    # the generator copies every reference: above the majority report on both averages
+    for avg in ("micro", "macro"):
+        assert claims[("s2d", "majority", f"CE {avg} F1")].verdict == "holds"
+        assert ("s2d", "nearest_neighbour", f"CE {avg} F1") in claims
+    m = res.metrics(res.claims())
+    assert m["claim/gloria>convirt/i2t_P@5"]["verdict"] == "holds"
+    assert m["scores/gloria/seed1/seconds_per_step"] == 0.2
+
+
+def _metrics() -> dict:
+    res = _results()
+    m = res.metrics()
+    m["run"] = {"date": "2026-12-07", "machine": "x86_64, 2 CPUs, cpu", "command": "papermill …", "seconds": 12.5,
+                "load_average": "1.0-2.0", "smoke": False}
+    return json.loads(json.dumps(m))  # as read back from metrics.json
+
+
+def check_readme_table(text: str, metrics: dict) -> int:
+    """Parse a README table and check every cell against ``metrics["summary"]``; → rows checked."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["system", *[h for _k, h, _d in B.TABLE_COLUMNS]]
+    assert set(lines[1].strip("|")) <= set("-:|")
+    rows = lines[2:]
+    systems = [s for s, st in metrics["summary"].items() if any(k in st for k, _h, _d in B.TABLE_COLUMNS)]
+    assert [r.strip("|").split("|")[0].strip() for r in rows] == systems
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        stats = metrics["summary"][cells[0]]
+        for (key, _h, digits), cell in zip(B.TABLE_COLUMNS, cells[1:]):
+            st = stats.get(key)
+            if not st or st.get("mean") is None:
+                assert cell == "", (cells[0], key, cell)
+                continue
+            assert cell == B.format_cell(st, digits), (cells[0], key)  # the metrics number, as printed
+            mean = float(cell.split(" ± ")[0].replace(",", ""))
+            assert abs(mean - st["mean"]) <= 0.5 * 10 ** -digits + 1e-9, (cells[0], key)
+            assert (" ± " in cell) == (st["n"] > 1 and st["std"] is not None), (cells[0], key)
+    return len(rows)
+
+
+def test_the_readme_table_is_the_metrics_numbers():
+    m = _metrics()
+    text = B.readme_table(m)
+    assert check_readme_table(text, m) == 8  # 2 methods + their floors, the ceiling, a generator, 2 baselines
+    assert "2026-12-07" in text and "x86_64, 2 CPUs" in text and "scripts/results_table.py" in text
+    assert B.format_cell({"mean": 0.12345, "std": 0.01, "n": 2}) == "0.123 ± 0.010"
+    assert B.format_cell({"mean": 1500.0, "std": None, "n": 1}, 0) == "1,500"
+    assert B.format_cell(None) == ""
+
+
+def test_write_readme_table_replaces_only_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{B.README_BEGIN}\nold table\n{B.README_END}\nafter\n")
+    m = _metrics()
+    B.write_readme_table(readme, m)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{B.README_END}\nafter\n")
+    assert "old table" not in text
+    body = text.split(B.README_BEGIN)[1].split(B.README_END)[0]
+    check_readme_table(body, m)
+    B.write_readme_table(readme, m)
+    assert readme.read_text() == text  # idempotent
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="bare.md: no results table markers"):
+        B.write_readme_table(tmp_path / "bare.md", m)
+
+
+def test_the_script_writes_the_table_and_rejects_other_metrics(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(_metrics()))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{B.README_BEGIN}\n{B.README_END}\n")
+    script = ROOT / "scripts" / "results_table.py"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, str(script), str(metrics), "--readme", str(readme)], capture_output=True,
+                         text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    check_readme_table(readme.read_text(), _metrics())
+    (tmp_path / "other.json").write_text(json.dumps({"smoke": True}))
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "other.json"), "--readme", str(readme)],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "no 'summary'" in run.stderr
+
+
+def test_the_committed_readme_has_the_markers():
+    text = (ROOT / "README.md").read_text()
+    assert text.count(B.README_BEGIN) == 1 and text.count(B.README_END) == 1
+    assert re.search(r"06_benchmark\.ipynb.*\| ready \|", text)
+
+
+def test_every_method_and_seed_is_one_job_and_exgramed_runs_its_seeds_together():
+    from medalign_lite.experiments.benchmark.runs import _jobs
+
+    plans = B.plan_methods()
+    jobs = _jobs(plans, [0, 1], ceiling=True)
+    assert jobs[0] == ("exgramed", (0, 1))  # its driver makes the seed-0 stand-ins once for every seed
+    pairs = [(n, s) for n, seeds in jobs for s in seeds]
+    expected = [(n, s) for n in [*plans, B.CEILING] for s in (0, 1)]
+    assert sorted(pairs) == sorted(expected) and len(pairs) == len(set(pairs))
+    assert not any(n == B.CEILING for n, _ in _jobs(plans, [0], ceiling=False))
