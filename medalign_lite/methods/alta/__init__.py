@@ -52,16 +52,16 @@ each a field of :class:`ALTAConfig`):
 - View and temporal embeddings start at zero (the code), so an untrained ALTA computes exactly
   the frozen MAE.
 - The global vector of a view (``image_pooling``): the code's CLS (default) suits an MAE whose
-  CLS carries the image (MRM's ViT-B); a small MAE pre-trained for minutes never trains its CLS
-  (the MAE loss reads only patches), and its CLS is then nearly the same vector for every image
-  (mean pairwise cosine 0.997 over 32 IU-Phantom studies against 0.945 for the patch mean), so the
-  global loss starts and stays at chance. ``image_pooling="mean"`` (the tutorial config) takes
-  the mean of the view's *visible* patch tokens during alignment and of all patches at inference,
-  MAE's own global-pool reading. The text side's pooling is the text encoder's (``text.pooling``):
-  CLS for CXR-BERT as in the code, the token mean for MiniLM (a mean-pooling sentence encoder).
-  Neither pooled vector of the tiny MAE separates the Phantom-5×200 classes before alignment
-  (image→image P@5 0.21 CLS, 0.23 patch mean; 0.38 the flattened patch tokens, 0.49 raw pixels):
-  the classes differ in where findings sit, which the adapters must carry into the global vector.
+  CLS carries the image (MRM's ViT-B); the MAE loss never reads the CLS, so a small MAE
+  pre-trained for minutes has no reason to put the image there. ``image_pooling="mean"`` (the
+  tutorial config) takes the mean of the view's *visible* patch tokens during alignment and of
+  all patches at inference, MAE's own global-pool reading. The text side's pooling is the text
+  encoder's (``text.pooling``): CLS for CXR-BERT as in the code, the token mean for MiniLM (a
+  mean-pooling sentence encoder). Neither pooled vector of the tutorial's MAE (294 steps, 100 s)
+  separates the Phantom-5×200 classes before alignment (validation image→image P@5 0.24 CLS, 0.24
+  patch mean; 0.39 the flattened patch tokens, 0.40 the pixels; chance 0.20): the classes differ
+  in where findings sit, which the adapters must carry into the global vector — at the tutorial's
+  150 steps they do not (notebook 04's last section).
 - Logit scales are clamped to [0, ln 100] in the forward (the code clamps the parameters after
   each optimizer step; the same values while inside the range).
 - MLM masks each non-special, non-padding token independently with probability 0.5 and
