@@ -7,8 +7,8 @@ module                   job
                          retrieval and phrase-grounding evaluation
 ``generation``           encode a dataset once, generate reports, nearest-neighbour and
                          majority baselines, NLG + CE scoring
-``pretrain``             the cached stand-ins: an aligned vision encoder, a tiny report LM
-                         (both through the trainer)
+``pretrain``             the cached stand-ins: an aligned vision encoder, a tiny report LM,
+                         ALTA's masked autoencoder (all through the trainer)
 ``variants``             seeds × variants, branching from shared stage checkpoints, the
                          worker pool, one mean ± std table
 ``claims``               one rule for a claimed ordering: holds / reversed / undecided
@@ -21,6 +21,11 @@ module                   job
                          mechanism checks (I-MLE against finite differences, solvers vs noise)
 ``exgramed_runs``        ExGra-Med's driver: variants → Phantom-VQA answers → scores, floors
                          and a probe ceiling, tables, decided claims, graph snapshots
+``alta``                 ALTA's cached MAE, ablation variants, four-view training set, claims
+``transfer``             zero-shot classification and the linear probe of any dual encoder
+``tables``               the notebooks' result tables (floor and ceiling beside each method)
+``benchmark``            notebook 06: every registered method on identical data, every
+                         task, cost, decided claims, the README's results table
 ``params``               checks of a notebook's parameters (``ValueError`` naming each)
 =======================  ====================================================================
 
