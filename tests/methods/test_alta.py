@@ -20,6 +20,8 @@ from medalign_lite.methods.alta import (
     VIEWS,
     ALTAConfig,
     ALTAVision,
+    build_alta,
+    group_of,
     insert_adapters,
     masked_patch_mse,
     mlm_mask,
@@ -556,3 +558,19 @@ def test_bench_alta_small_shapes_and_cli(tmp_path, capsys):
     assert main(["bench", "alta", "--no-steps", "--json", "--config", str(cfg)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].startswith("trainable:") and 0 < json.loads(lines[-1])["trainable_fraction"] < 1
+
+
+def test_build_alta_and_build_vision_from_a_config():
+    """The builders the experiments layer calls (a random MAE at the config's shape, MiniLM's
+    tokenizer with a random BERT): an ALTA whose frozen set is the official one."""
+    vision = ALTA.build_vision(VisionConfig(name="vit_mae", image_size=16, hf_config=TINY_MAE))
+    assert type(vision).__name__ == "ViTMAEForPreTraining"
+    # a YAML flow mapping (YAML 1.1 reads 1e-06 as a string: layer_norm_eps keeps its default)
+    flow = lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items() if k != "layer_norm_eps") + "}"  # noqa: E731
+    model = build_alta("alta_tiny", ["vision.pretrained=false", "vision.image_size=16", f"vision.hf_config={flow(TINY_MAE)}",
+                                     "text.pretrained=false", "text.max_length=24", f"text.hf_config={flow(TINY_BERT)}"])
+    assert isinstance(model, ALTA)
+    groups = trainable_groups(model.config)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if group_of(n, groups) is not None}
+    assert "image_encoder.mae.vit.embeddings.patch_embeddings.projection.weight" not in trainable

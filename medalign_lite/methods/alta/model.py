@@ -40,7 +40,7 @@ class ALTA(DualEncoder):
     @staticmethod
     def build_vision(cfg) -> nn.Module:
         """The image backbone for a VisionConfig: an MAE (used by ``experiments.contrastive.build_model``)."""
-        from ..models.mae import build_mae
+        from ...models.mae import build_mae
 
         return build_mae(cfg)
 
@@ -209,10 +209,10 @@ def build_alta(config: str | Path = "alta_tiny", overrides: Sequence[str] = (), 
     ``pretrained`` (e.g. the tutorial's cached MAE folder)."""
     from dataclasses import replace
 
-    from ..config import load_config, split_overrides
-    from ..models.mae import build_mae
-    from ..models.text import TextConfig, build_text_encoder
-    from ..models.vision import VisionConfig
+    from ...config import load_config, split_overrides
+    from ...models.mae import build_mae
+    from ...models.text import TextConfig, build_text_encoder
+    from ...models.vision import VisionConfig
 
     per = split_overrides(overrides, ("model", "vision", "text"))
     model_cfg = load_config(ALTAConfig, config, per["model"], section="model")
