@@ -167,7 +167,7 @@ def tiny_bench_all(monkeypatch):
         calls.append(method)
         stage = {"trainable_params": 5, "step_s": 0.1, "steps_per_s": 10.0,
                  "shares": {"head_loss": 0.25, "encoders": 0.5}}
-        return {"config": f"{method}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"second": 3.0},
+        return {"config": f"{method}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"first": 7.0, "second": 3.0},
                 "runs": {"first": {"a": stage}, "second": {"a": stage, "b": {**stage, "step_s": 0.2}}}}
 
     monkeypatch.setattr(bench_all_module, "CPU_SHAPES", tiny)
@@ -190,7 +190,7 @@ def test_bench_all_has_every_registered_method_and_the_ratios(tiny_bench_all):
     for name in list_methods():
         e = res[name]
         assert e["cost"]["step_s"] == 0.2 and e["cost"]["stage"] == "b"  # the later run's last stage
-        assert e["cost"]["trainable_params"] == 5 and e["cost"]["peak_mib"] == 3.0
+        assert e["cost"]["trainable_params"] == 5 and e["cost"]["peak_mib"] == 7.0  # the larger run's
         assert "train_step" in e["benches"] and set(e["benches"]) == set(e["results"])
     r = {name: res[name]["ratios"] for name in list_methods()}
     aga = res["aga"]["results"]["aga"]

@@ -146,7 +146,7 @@ def test_bench_all_prints_one_json_line_or_a_table(capsys, monkeypatch):
     stage = {"trainable_params": 5, "step_s": 0.1, "steps_per_s": 10.0, "shares": {"head_loss": 0.25, "encoders": 0.5}}
     monkeypatch.setattr(bench_all_module, "CPU_SHAPES", tiny)
     monkeypatch.setattr(bench_all_module, "_train_step", lambda m, sh, d: {
-        "config": f"{m}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"second": 3.0},
+        "config": f"{m}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"first": 4.0, "second": 3.0},
         "runs": {"second": {m: stage}}})
     assert main(["bench", "all", "--device", "cpu", "--methods", "convirt,aga", "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
