@@ -77,7 +77,7 @@ def test_peak_memory_sees_an_allocation_freed_inside_the_block():
         x = torch.ones(16 * 2**20)  # 64 MiB, written, then freed before the block ends
         time.sleep(0.05)
         del x
-    assert 48 <= m.mib < 1024 and m.method
+    assert 48 <= m.mib < 1024 and "VmHWM" in m.method  # this machine: Linux, the peak reset at entry
 
 
 @pytest.fixture(scope="module")

@@ -47,71 +47,70 @@ def load_avg() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def _rss_bytes() -> int | None:
-    """This process's resident memory now (Linux: /proc/self/statm), or None."""
-    import os
-
+def _proc_status_bytes(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` (resident now / its peak) of this process from /proc (Linux), or None."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Set this process's peak resident size (VmHWM) to its current one (Linux >= 4.0:
+    ``echo 5 > /proc/self/clear_refs``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakMemory:
     """``with PeakMemory(device) as m: ...`` then ``m.mib``: the peak memory the block added.
 
     CUDA: peak allocated memory above what was allocated at entry (after a reset of the peak
-    statistics). CPU: peak resident memory above the resident memory at entry, sampled every
-    ``interval`` seconds by a thread (torch's kernels release the GIL, so the sampler runs while
-    they do; a peak shorter than ``interval`` can be missed). Where ``/proc/self/statm`` does
-    not exist, the growth of the process's maximum resident size (``ru_maxrss``), which misses
-    any peak below one the process reached before: ``method`` says which was used.
+    statistics). CPU (Linux): the kernel's peak resident size (VmHWM), reset at entry, above
+    the resident size at entry: exact, no sampling. Where the peak cannot be reset, the growth
+    of the process's maximum resident size (``ru_maxrss``), which misses any peak below one the
+    process reached before (a lower bound): ``method`` says which was used. On a CPU, memory
+    that an earlier block freed is reused without growing the resident set, so a block that
+    repeats an earlier one's work can read near 0.
     """
 
-    def __init__(self, device: torch.device | str, interval: float = 0.002):
-        self.device, self.interval = torch.device(device), interval
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
         self.mib: float = float("nan")
         self.method = ""
 
     def __enter__(self):
-        import threading
-
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "cuda peak allocated"
-            return self
-        self._base = _rss_bytes()
-        if self._base is None:
+        elif _reset_peak_rss() and _proc_status_bytes("VmRSS") is not None:
+            self._base = _proc_status_bytes("VmRSS")
+            self.method = "peak resident size (VmHWM, reset at entry)"
+        else:
             import resource
 
             self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.method = "ru_maxrss growth"
-            return self
-        self.method = f"resident memory sampled every {self.interval * 1e3:g} ms"
-        self._peak, self._stop = self._base, threading.Event()
-
-        def sample():
-            while not self._stop.is_set():
-                self._peak = max(self._peak, _rss_bytes() or 0)
-                self._stop.wait(self.interval)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
+            self.method = "ru_maxrss growth (a lower bound)"
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method == "ru_maxrss growth":
+        elif self.method.startswith("peak resident"):
+            peak = _proc_status_bytes("VmHWM") or self._base
+        else:
             import resource
 
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._peak, _rss_bytes() or 0)
         self.mib = round(max(peak - self._base, 0) / 2**20, 1)

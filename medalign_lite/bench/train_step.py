@@ -340,8 +340,8 @@ def bench_train_step(method: str, steps: int = 10, warmup: int = 2, config: str 
     :func:`summarize_steps` (``steps_per_s``, seconds and ``shares`` of data, encoders,
     head_loss, optimizer, other) with ``trainable_params`` (the stage's trainable set, counted
     when its last step ran) and ``checkpoint_s``. ``peak_mib``: the peak memory a run added
-    (:class:`~medalign_lite.bench.common.PeakMemory`: CUDA peak allocated; CPU resident
-    memory, sampled: the first run's includes the caches it fills).
+    (:class:`~medalign_lite.bench.common.PeakMemory`: CUDA peak allocated; CPU peak
+    resident size: the first run's includes the caches it fills).
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps} and {warmup}")
