@@ -288,6 +288,47 @@ def _bench_train_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_all(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
+    from .bench.all import bench_all, check_methods
+
+    methods = check_methods(args.methods.split(",")) if args.methods is not None else None  # before anything runs
+    # --json: stdout is the one JSON line; whatever the benches print goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        res = bench_all(args.device, methods, shapes=args.shapes)
+    if args.json:
+        print(json.dumps(res, allow_nan=False))
+        return 0
+    meta = res["_meta"]
+    print(f"medalign bench all: {meta['device']}, torch {meta['torch']}, {meta['date']}, {meta['threads']} thread(s), "
+          f"load average {meta['load_avg_start']} -> {meta['load_avg_end']}, {meta['wall_s']:.0f} s wall, "
+          f"{meta['cpu_s']:.0f} s CPU")
+    print(f"shapes {meta['shapes_name']}: {meta['shapes_why']}")
+    ref = meta.get("gloria_reference")
+    if ref:
+        print(f"GLoRIA local loss (the vs_gloria reference), B = {ref['B']}, T = {ref['T']}, P = {ref['P']}, "
+              f"D = {ref['D']}: {ref['seconds'] * 1e3:.1f} ms, peak {ref['peak_mib']} MiB")
+
+    def num(x, fmt: str) -> str:
+        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
+    print(f"{'method':<9}{'kind':<17}{'trainable':>11}{'params':>9}{'ms/step':>9}{'peak MiB':>9}{'head/loss':>10}"
+          "  ratios (tutorial config's step: second run, last stage; ratios at the shapes above)")
+    for name in meta["methods"]:
+        e = res[name]
+        c = e.get("cost", {})
+        ratios = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in e["ratios"].items())
+        if "skipped" in c:
+            ratios = f"train step not profiled ({c['skipped']}); {ratios}"
+        trainable = num(c.get("trainable_params") and c["trainable_params"] / 1e6, ".2f")
+        params = num(c.get("params") and c["params"] / 1e6, ".1f")
+        print(f"{name:<9}{e['kind']:<17}{trainable + ' M':>11}{params + ' M':>9}{num(c.get('step_s') and c['step_s'] * 1e3, '.0f'):>9}"
+              f"{num(c.get('peak_mib'), '.0f'):>9}{num(c.get('head_loss_share'), '.0%'):>10}  {ratios}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -444,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--repeats", type=int, default=3)
     al.add_argument("--json", action="store_true", help="last line: the result as JSON")
     al.set_defaults(func=_bench_alta)
+
+    ba = bench.add_parser("all", help="every registered method's benches in one run: one JSON object keyed by method, "
+                                      "with the cost ratios between them")
+    ba.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda or cuda:N")
+    ba.add_argument("--methods", default=None, help="comma-separated registered methods (default: all; medalign methods)")
+    ba.add_argument("--shapes", default="auto", choices=["auto", "paper", "cpu"],
+                    help="auto: the papers' on cuda, scaled down on a cpu (said in the output)")
+    ba.add_argument("--json", action="store_true", help="print one JSON line and nothing else on stdout")
+    ba.set_defaults(func=_bench_all)
     return p
 
 

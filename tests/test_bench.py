@@ -66,6 +66,20 @@ def test_unknown_setup_is_a_clear_error(monkeypatch):
         train_step_setup("s2d")
 
 
+def test_peak_memory_sees_an_allocation_freed_inside_the_block():
+    import time
+
+    import torch
+
+    from medalign_lite.bench import PeakMemory
+
+    with PeakMemory("cpu") as m:
+        x = torch.ones(16 * 2**20)  # 64 MiB, written, then freed before the block ends
+        time.sleep(0.05)
+        del x
+    assert 48 <= m.mib < 1024 and "VmHWM" in m.method  # this machine: Linux, the peak reset at entry
+
+
 @pytest.fixture(scope="module")
 def small_iu():
     from medalign_lite.data import ensure_dataset
@@ -79,6 +93,9 @@ def test_aga_step_profile_through_the_notebook_path(small_iu, capsys):
 
     res = bench_train_step("aga", steps=2, warmup=1, overrides=SMOKE_OVERRIDES, manifest=small_iu)
     assert set(res["runs"]) == {"first", "second"} and res["batch_size"] == 8
+    assert set(res["peak_mib"]) == {"first", "second"} and all(v >= 0 for v in res["peak_mib"].values())
+    # the frozen MiniLM counts in the model's parameters, not in the trained ones
+    assert 0 < res["runs"]["second"]["aga"]["trainable_params"] < res["params"]
     assert res["budget_steps"] == {"aga": 3}  # the smoke config's max_steps
     for run in res["runs"].values():
         s = run["aga"]
@@ -118,3 +135,98 @@ def test_s2d_step_profile_covers_the_curriculum(small_iu):
     assert list(res["budget_steps"]) == stages and list(res["runs"]["second"]) == stages
     for s in res["runs"]["second"].values():
         assert s["head_loss_s"] > 0 and {"lm", "sma_v"} <= set(s["forward_by_module_s"])
+
+
+# --------------------------------------------------------------------------------------
+# medalign bench all: every registered method in one run, at shapes small enough for seconds
+# --------------------------------------------------------------------------------------
+
+_TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+_TINY_DINO = {"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "mlp_ratio": 2, "patch_size": 14, "num_channels": 1}
+
+
+@pytest.fixture
+def tiny_bench_all(monkeypatch):
+    """bench_all's CPU shapes shrunk to seconds, and its training-step profile replaced by a
+    recorder (bench_train_step itself is tested above, through the notebooks' trainer path)."""
+    from dataclasses import replace
+
+    from medalign_lite.bench import all as bench_all_module
+
+    tiny = replace(bench_all_module.CPU_SHAPES, name="tiny", batch_size=2, tokens=8, patches=16, gloria_dim=16,
+                   aga_dim=8, aga_vision="tiny_cnn", aga_image_size=64, aga_text_hf_config=_TINY_BERT,
+                   alta_config="alta_tiny", alta_tokens=8, alta_text_hf_config=_TINY_BERT, exgramed_dim=32,
+                   exgramed_paper=False, exgramed_solver_batches=(4,), s2d_image_size=28, s2d_lm_hidden=32,
+                   s2d_vision_hf_config=_TINY_DINO, s2d_reports=2, s2d_report_batch=2,
+                   train_overrides={"s2d": ("model.memory_size=4",)})
+    calls = []
+
+    def train_step(method, sh, device):
+        calls.append(method)
+        stage = {"trainable_params": 5, "step_s": 0.1, "steps_per_s": 10.0,
+                 "shares": {"head_loss": 0.25, "encoders": 0.5}}
+        return {"config": f"{method}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"first": 7.0, "second": 3.0},
+                "runs": {"first": {"a": stage}, "second": {"a": stage, "b": {**stage, "step_s": 0.2}}}}
+
+    monkeypatch.setattr(bench_all_module, "CPU_SHAPES", tiny)
+    monkeypatch.setattr(bench_all_module, "_train_step", train_step)
+    return tiny, calls
+
+
+def test_bench_all_has_every_registered_method_and_the_ratios(tiny_bench_all):
+    from medalign_lite.bench import bench_all
+    from medalign_lite.methods import list_methods
+
+    _, calls = tiny_bench_all
+    res = bench_all("cpu", log=lambda line: None)
+    assert list(res) == ["_meta", *list_methods()] and calls == list_methods()
+    meta = res["_meta"]
+    assert meta["shapes_name"] == "tiny" and meta["shapes"]["batch_size"] == 2 and meta["device_type"] == "cpu"
+    assert len(meta["load_avg_start"]) == 3 and len(meta["load_avg_end"]) == 3 and meta["torch"]
+    ref = meta["gloria_reference"]
+    assert (ref["B"], ref["T"], ref["P"], ref["D"]) == (2, 8, 16, 16) and ref["seconds"] > 0
+    for name in list_methods():
+        e = res[name]
+        assert e["cost"]["step_s"] == 0.2 and e["cost"]["stage"] == "b"  # the later run's last stage
+        assert e["cost"]["trainable_params"] == 5 and e["cost"]["peak_mib"] == 7.0  # the larger run's
+        assert "train_step" in e["benches"] and set(e["benches"]) == set(e["results"])
+    r = {name: res[name]["ratios"] for name in list_methods()}
+    aga = res["aga"]["results"]["aga"]
+    assert r["aga"]["vs_gloria"] == pytest.approx(aga["head_s"] / ref["seconds"])
+    assert r["aga"]["head_share"] == pytest.approx(aga["head_s"] / aga["encoders_s"])
+    assert aga["gloria_s"] == {}  # GLoRIA is measured once, for every vs_gloria
+    assert r["gloria"]["head_share"] == pytest.approx(ref["seconds"] / aga["encoders_s"])
+    local = res["alta"]["results"]["alta_local"]
+    assert (local["views"], local["patches_per_view"], local["P"]) == (4, 16, 64)  # 8x8 patches, 0.75 masked
+    assert r["alta"]["vs_gloria"] == pytest.approx(local["seconds"] / ref["seconds"])
+    for key in ("step_ratio", "memory_ratio", "trainable_fraction"):
+        assert r["alta"][key] == res["alta"]["results"]["alta"][key]
+    assert r["exgramed"]["aligner_share"] == res["exgramed"]["results"]["exgramed"]["tiny"]["aligner_share"]
+    assert r["exgramed"]["vs_gloria"] > 0 and r["s2d"]["vs_gloria"] > 0 and r["s2d"]["aligner_share"] > 0
+    assert res["s2d"]["results"]["s2d_aligner"]["P"] == 4  # 28 px / 14: 2 x 2 patches
+    assert "vs_gloria" not in r["convirt"] and "no local loss" in r["convirt"]["note"]
+    json.dumps(res, allow_nan=False)  # strict JSON
+
+
+def test_bench_all_names_an_unknown_method_and_the_known_ones(monkeypatch, capsys):
+    from medalign_lite.bench import all as bench_all_module
+    from medalign_lite.cli import main
+    from medalign_lite.methods import list_methods
+
+    def never(*a, **k):
+        raise AssertionError("a bench ran")
+
+    monkeypatch.setattr(bench_all_module, "_run_bench", never)
+    monkeypatch.setattr(bench_all_module, "_train_step", never)
+    known = ", ".join(list_methods())  # registration order: the order the method modules were imported
+    assert {"convirt", "gloria", "aga", "s2d", "exgramed", "alta"} <= set(list_methods())
+    with pytest.raises(ValueError) as e:
+        bench_all_module.bench_all("cpu", methods=["aga", "nope"])
+    assert str(e.value) == f"unknown method(s) 'nope'; registered methods: {known}"
+    assert main(["bench", "all", "--methods", "aga,nope,glorai", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "'nope', 'glorai'" in err and err.endswith(f"registered methods: {known}")

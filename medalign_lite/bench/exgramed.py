@@ -9,7 +9,7 @@ import torch
 
 from .common import _device_name, time_fn
 
-__all__ = ["bench_exgramed"]
+__all__ = ["aligner_step", "bench_exgramed"]
 
 
 class _PatchInput(torch.nn.Module):
@@ -61,6 +61,25 @@ def _exgramed_parts(hidden: int, layers: int, heads: int, inter: int, vocab_word
               "extended": [sent(2 * answer_words) + "." for _ in range(turns)]} for i in range(b)]
     batch = model.collate()(items).to(device)
     return model, batch
+
+
+def aligner_step(batch_size: int, dim: int, device: torch.device, solver: str = "ipfp", seed: int = 0):
+    """A closure of one forward + backward of ExGra-Med's aligner alone
+    (:class:`~medalign_lite.methods.exgramed.BarycenterGraphAligner`: the shared 2-layer GNN of
+    width ``dim`` on the 3 modality graphs of ``batch_size`` nodes, the 6 matchings and their 6
+    target solves, the surrogate's backward) on random node features, in training mode."""
+    from ..methods.exgramed import BarycenterGraphAligner
+
+    torch.manual_seed(seed)
+    al = BarycenterGraphAligner(dim, solver=solver).to(device).train()
+    g = torch.Generator(device=device).manual_seed(seed)
+    nodes = torch.randn(3, batch_size, dim, device=device, generator=g, requires_grad=True)
+
+    def step():
+        al(nodes).loss.backward()
+        al.zero_grad(set_to_none=True)
+        nodes.grad = None
+    return step
 
 
 def _timed_step(model, batch, part: str, device: torch.device):
@@ -135,16 +154,7 @@ def bench_exgramed(device: str = "cpu", repeats: int = 3, batch_sizes=(16, 32, 6
                        "full_over_lm": round(t["full"] / t["lm"], 3)}
         del model, batch
         if paper:
-            from ..methods.exgramed import BarycenterGraphAligner
-
-            al = BarycenterGraphAligner(4096, solver=solver).to(dev)
-            nodes = torch.randn(3, 16, 4096, device=dev, requires_grad=True)
-
-            def align_step():
-                al(nodes).loss.backward()
-                al.zero_grad(set_to_none=True)
-                nodes.grad = None
-            t_al = time_fn(align_step, dev, repeats=repeats)
+            t_al = time_fn(aligner_step(16, 4096, dev, solver), dev, repeats=repeats)
             # one LLaMA-7B-shaped layer on 2 sequences of 128 tokens, forward + backward
             from transformers import LlamaConfig
             from transformers.models.llama.modeling_llama import (
@@ -177,7 +187,7 @@ def bench_exgramed(device: str = "cpu", repeats: int = 3, batch_sizes=(16, 32, 6
                             "assumed": {"layers": 32, "B": 16, "conversation_tokens": conv_tokens,
                                         "text_tokens_per_sample": text_tokens},
                             "note": "aligner measured at paper shapes; LM step extrapolated from one 4096-wide layer"}
-            del al, layer
+            del layer
         solver_ms: dict = {}
         for name in ("lap", "ipfp"):
             solver_ms[name] = {}

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .common import _device_name, _sync
+from .common import _device_name, _sync, time_fn
 
 #: Mean length of an IU X-Ray report (findings + impression) in tokens of the tiny LM's word
 #: tokenizer: 45.8 over the 3,927 non-empty reports (median 41, 95th percentile 91), so 45
@@ -168,3 +168,70 @@ def _s2d_generate_point(kw: dict) -> dict:
         return res
     finally:
         torch.set_num_threads(old_threads)
+
+
+#: Rad-DINO's shape (S2D-ALIGN's frozen encoder: a DINOv2 ViT-B/14, 768 wide, 12 blocks, at
+#: 518 px: 37 × 37 = 1369 patches), for a random-weight stand-in that needs no download.
+RAD_DINO = {"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "mlp_ratio": 4, "patch_size": 14, "image_size": 518, "num_channels": 1}
+
+#: Vicuna-7B's hidden size: the width S2D-ALIGN's SMA writes its soft tokens in.
+VICUNA_7B_HIDDEN = 4096
+
+
+def bench_s2d_aligner(batch_size: int = 8, image_size: int = 518, lm_hidden: int = VICUNA_7B_HIDDEN,
+                      config: str = "s2d_full", vision_hf_config: dict | None = None,
+                      encoder_batch: int | None = None, device: str = "cpu", repeats: int = 3) -> dict:
+    """S2D-ALIGN's aligner against its encoder, random weights, nothing downloaded.
+
+    - ``aligner_s``: SMA_v (:class:`~medalign_lite.methods.s2d.SMA` with ``config``'s memory
+      queries, width, heads and MLP; default ``s2d_full``: 64 queries of 768, 8 heads, a
+      3-layer MLP to ``lm_hidden`` = 4096) forward + backward on ``batch_size`` images' patches,
+      in training mode: stage 1's aligner (stages 2 and 3 add SMA_t and SMA_p over at most
+      ``max_aux_tokens`` text tokens);
+    - ``encoder_s``: the frozen encoder's forward pass under ``no_grad``, as S2D runs it
+      (``vision_hf_config``, default :data:`RAD_DINO`, at ``image_size`` px, gray input) for
+      ``batch_size`` images; on a CPU it runs on ``encoder_batch`` images (default 1) and is
+      extrapolated per image (``encoder_extrapolated``);
+    - ``aligner_share`` = aligner / encoder; ``P`` the patches SMA_v reads (CLS dropped).
+    """
+    from torch import nn
+
+    from ..config import load_config
+    from ..methods.s2d import SMA, S2DConfig
+    from ..models.vision import VisionConfig, build_image_encoder
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    cfg = load_config(S2DConfig, config, section="model")
+    hf = {**(vision_hf_config or RAD_DINO), "image_size": image_size}
+    torch.manual_seed(0)
+    enc = build_image_encoder(VisionConfig("hf:microsoft/rad-dino", pretrained=False, image_size=image_size,
+                                           in_chans=hf.get("num_channels", 1), hf_config=hf)).to(dev).eval()
+    b_enc = batch_size if cuda else min(batch_size, encoder_batch or 1)
+    g = torch.Generator(device=dev).manual_seed(0)
+    images = torch.randn(b_enc, hf.get("num_channels", 1), image_size, image_size, device=dev, generator=g)
+    with torch.no_grad():
+        n_patches, v_dim = enc(images[:1]).patches.shape[1:]
+
+    def encoder_step():
+        with torch.no_grad():
+            enc(images)
+
+    memory = nn.Parameter(torch.randn(cfg.memory_size, cfg.memory_dim, device=dev, generator=g) * cfg.memory_init_std)
+    sma = SMA(v_dim, lm_hidden, memory, cfg.heads, cfg.mlp_layers, cfg.mlp_hidden, cfg.attn_dropout).to(dev).train()
+    patches = torch.randn(batch_size, n_patches, v_dim, device=dev, generator=g)
+
+    def sma_step():
+        sma(patches).float().square().mean().backward()
+        sma.zero_grad(set_to_none=True)
+
+    encoder_s = time_fn(encoder_step, dev, repeats=repeats) * batch_size / b_enc
+    aligner_s = time_fn(sma_step, dev, repeats=repeats)
+    return {"name": "s2d_aligner", "config": config, "device": _device_name(dev), "B": batch_size,
+            "image_size": image_size, "P": int(n_patches), "vision_dim": int(v_dim), "lm_hidden": lm_hidden,
+            "memory_size": cfg.memory_size, "memory_dim": cfg.memory_dim, "repeats": repeats,
+            "aligner_params": sum(p.numel() for p in sma.parameters()),
+            "encoder_params": sum(p.numel() for p in enc.parameters()),
+            "aligner_s": aligner_s, "encoder_s": encoder_s, "encoder_measured_B": b_enc,
+            "encoder_extrapolated": b_enc != batch_size, "aligner_share": aligner_s / encoder_s}

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..train import PHASES, StepTimer, record_steps
-from .common import _device_name
+from .common import PeakMemory, _device_name
 
 __all__ = ["SETUPS", "TrainStepSetup", "bench_train_step", "register_setup", "train_step_setup"]
 
@@ -282,6 +282,20 @@ def _module_hooks(model: nn.Module, timer: StepTimer, encoders: Sequence[str]) -
             h.remove()
 
 
+@contextmanager
+def _trainable_counts(model: nn.Module, timer: StepTimer, counts: dict[int, int]) -> Iterator[None]:
+    """``counts[i]``: the trainable parameters of ``model`` when step ``i`` of ``timer`` ran
+    (a stage of the trainer sets its own trainable set)."""
+    def count(mod, args):
+        counts.setdefault(len(timer.steps), sum(p.numel() for p in mod.parameters() if p.requires_grad))
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def summarize_steps(steps: Sequence[dict], encoders: Sequence[str], skip: int = 0) -> dict:
     """Mean seconds per optimizer step of each phase over ``steps`` (the first ``skip`` and
     any that wrote a checkpoint left out), with the forward and backward passes split between
@@ -321,8 +335,13 @@ def bench_train_step(method: str, steps: int = 10, warmup: int = 2, config: str 
 
     Returns ``{"method", "config", "device", "threads", "batch_size", "budget_steps" (the
     default run's optimizer steps per stage), "runs": {"first"|"second": {stage: summary}},
-    "load_avg" (before, after), "notes"}``, each summary from :func:`summarize_steps`
-    (``steps_per_s``, seconds and ``shares`` of data, encoders, head_loss, optimizer, other).
+    "params" (every parameter of the model), "peak_mib": {"first"|"second": MiB}, "memory"
+    (how it was measured), "load_avg" (before, after), "notes"}``, each summary from
+    :func:`summarize_steps` (``steps_per_s``, seconds and ``shares`` of data, encoders,
+    head_loss, optimizer, other) with ``trainable_params`` (the stage's trainable set, counted
+    when its last step ran) and ``checkpoint_s``. ``peak_mib``: the peak memory a run added
+    (:class:`~medalign_lite.bench.common.PeakMemory`: CUDA peak allocated; CPU peak
+    resident size: the first run's includes the caches it fills).
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps} and {warmup}")
@@ -334,21 +353,28 @@ def bench_train_step(method: str, steps: int = 10, warmup: int = 2, config: str 
     old_threads = torch.get_num_threads()
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     runs: dict[str, dict] = {}
+    peak_mib: dict[str, float] = {}
+    memory_method = params = None
     torch.set_num_threads(n_threads)
     try:
         name = _device_name(dev)
         with tempfile.TemporaryDirectory(prefix="medalign-train-step-") as tmp:
             for run in ("first", "second"):
                 model = s.build(seed)
-                with record_steps(dev) as timer, _module_hooks(model, timer, s.encoders):
+                params = sum(p.numel() for p in model.parameters())
+                trainable: dict[int, int] = {}  # step index -> trainable parameters when it ran
+                with PeakMemory(dev) as mem, record_steps(dev) as timer, _module_hooks(model, timer, s.encoders), \
+                        _trainable_counts(model, timer, trainable):
                     s.train(model, warmup + steps + 1, Path(tmp) / run)
-                by_stage: dict[str, list[dict]] = {}
-                for st in timer.steps:
-                    by_stage.setdefault(st["stage"], []).append(st)
+                peak_mib[run], memory_method = mem.mib, mem.method
+                by_stage: dict[str, list[tuple[int, dict]]] = {}
+                for i, st in enumerate(timer.steps):
+                    by_stage.setdefault(st["stage"], []).append((i, st))
                 runs[run] = {}
                 for stage, rows in by_stage.items():
-                    summary = summarize_steps(rows, s.encoders, skip=warmup)
-                    summary["checkpoint_s"] = sum(r["other"] for r in rows if r.get("checkpoint"))
+                    summary = summarize_steps([r for _, r in rows], s.encoders, skip=warmup)
+                    summary["checkpoint_s"] = sum(r["other"] for _, r in rows if r.get("checkpoint"))
+                    summary["trainable_params"] = trainable.get(rows[-1][0])
                     runs[run][stage] = summary
                 del model
     finally:
@@ -356,5 +382,5 @@ def bench_train_step(method: str, steps: int = 10, warmup: int = 2, config: str 
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"name": "train_step", "method": s.method, "config": s.config, "device": name,
             "threads": n_threads, "batch_size": s.batch_size, "budget_steps": s.budget_steps, "steps": steps,
-            "warmup": warmup, "encoders": list(s.encoders), "runs": runs, "notes": list(s.notes),
-            "load_avg": [round(load0, 2), round(load1, 2)]}
+            "warmup": warmup, "encoders": list(s.encoders), "runs": runs, "params": params, "peak_mib": peak_mib,
+            "memory": memory_method, "notes": list(s.notes), "load_avg": [round(load0, 2), round(load1, 2)]}
