@@ -89,12 +89,21 @@ def get_method(name: str) -> MethodSpec:
 
 
 def list_methods(kind: str | None = None) -> list[str]:
-    """Registered method names in registration order; ``kind``: only those that can serve as a
-    ``"dual_encoder"`` or a ``"report_generator"`` (``"both"`` counts for each)."""
+    """Registered method names in the package's order (the modules of ``_MODULES``: ConVIRT,
+    GLoRIA, AGA, S2D-ALIGN, ExGra-Med, ALTA), then methods registered elsewhere in registration
+    order — the same list in every process, whichever method module was imported first.
+    ``kind``: only those that can serve as a ``"dual_encoder"`` or a ``"report_generator"``
+    (``"both"`` counts for each)."""
     _load()
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    specs = _REGISTRY.values()
+
+    def home(item: tuple[int, MethodSpec]) -> tuple[int, int]:
+        where = item[1].module.__module__
+        rank = next((i for i, m in enumerate(_MODULES) if where == m or where.startswith(m + ".")), len(_MODULES))
+        return rank, item[0]
+
+    specs = [s for _, s in sorted(enumerate(_REGISTRY.values()), key=home)]
     if kind == "dual_encoder":
         specs = [s for s in specs if s.dual_encoder]
     elif kind == "report_generator":

@@ -566,7 +566,7 @@ def test_build_alta_and_build_vision_from_a_config():
     vision = ALTA.build_vision(VisionConfig(name="vit_mae", image_size=16, hf_config=TINY_MAE))
     assert type(vision).__name__ == "ViTMAEForPreTraining"
     # a YAML flow mapping (YAML 1.1 reads 1e-06 as a string: layer_norm_eps keeps its default)
-    flow = lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items() if k != "layer_norm_eps") + "}"  # noqa: E731
+    flow = lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items() if k != "layer_norm_eps") + "}"
     model = build_alta("alta_tiny", ["vision.pretrained=false", "vision.image_size=16", f"vision.hf_config={flow(TINY_MAE)}",
                                      "text.pretrained=false", "text.max_length=24", f"text.hf_config={flow(TINY_BERT)}"])
     assert isinstance(model, ALTA)

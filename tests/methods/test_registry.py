@@ -36,3 +36,20 @@ def test_a_name_cannot_be_taken_by_another_class():
 
     with pytest.raises(ValueError, match="already registered"):
         register_method("aga", config=dict, kind="dual_encoder")(Other)
+
+
+def test_list_methods_has_one_order_whichever_module_was_imported_first(monkeypatch):
+    """The registry fills in import order (a test or a notebook may import ALTA first); the list is
+    the package's order, then methods registered elsewhere in registration order."""
+    import medalign_lite.methods as registry
+
+    canonical = list_methods()
+    assert canonical == ["convirt", "gloria", "aga", "s2d", "exgramed", "alta"]
+    # ALTA's and ExGra-Med's modules imported first (within a module, classes register top-down)
+    late = ("alta", "exgramed")
+    shuffled = {k: registry._REGISTRY[k] for k in late} | {k: v for k, v in registry._REGISTRY.items() if k not in late}
+    plugin = MethodSpec("zz_plugin", type("Plugin", (), {"__module__": "someone.else"}), object, "dual_encoder")
+    first = MethodSpec("aa_plugin", type("First", (), {"__module__": "another.pkg"}), object, "dual_encoder")
+    monkeypatch.setattr(registry, "_REGISTRY", {"zz_plugin": plugin, **shuffled, "aa_plugin": first})
+    assert list_methods() == [*canonical, "zz_plugin", "aa_plugin"]
+    assert list_methods("report_generator") == ["s2d", "exgramed"]
