@@ -1,9 +1,16 @@
 """Tiny stand-in encoders for method tests: real shapes, no weights to load, fast."""
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 
 from medalign_lite.models.features import ImageFeatures, TextFeatures
+
+#: The smallest ViT-MAE config the MAE and ALTA tests build (transformers' ViTMAEConfig as a dict):
+#: 16 px images, 4 px patches (L = 16, a quarter visible at ratio 0.75), 16 wide, one block.
+TINY_MAE = {"model_type": "vit_mae", "image_size": 16, "patch_size": 4, "num_channels": 1, "hidden_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "decoder_hidden_size": 8,
+            "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2, "decoder_intermediate_size": 16,
+            "norm_pix_loss": True}
 
 
 class FakeImageEncoder(nn.Module):

@@ -36,11 +36,11 @@ from medalign_lite.models.text import TextConfig, build_text_encoder
 from medalign_lite.models.vision import VisionConfig
 from medalign_lite.nn import l2norm
 
+from . import fakes
+
 #: 16 px images, 4 px patches: L = 16 patches, a quarter (4) visible at ratio 0.75.
-TINY_MAE = {"model_type": "vit_mae", "image_size": 16, "patch_size": 4, "num_channels": 1, "hidden_size": 32,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "decoder_hidden_size": 16,
-            "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2, "decoder_intermediate_size": 32,
-            "norm_pix_loss": True, "layer_norm_eps": 1e-6}
+TINY_MAE = {**fakes.TINY_MAE, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
+            "decoder_hidden_size": 16, "decoder_intermediate_size": 32, "layer_norm_eps": 1e-6}
 TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 24, "num_hidden_layers": 2,
              "num_attention_heads": 2, "intermediate_size": 48, "max_position_embeddings": 64,
              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

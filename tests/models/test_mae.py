@@ -5,10 +5,7 @@ import torch
 
 from medalign_lite.models.mae import build_mae
 from medalign_lite.models.vision import VisionConfig
-
-TINY_MAE = {"model_type": "vit_mae", "image_size": 16, "patch_size": 4, "num_channels": 1, "hidden_size": 16,
-            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "decoder_hidden_size": 8,
-            "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2, "decoder_intermediate_size": 16}
+from tests.methods.fakes import TINY_MAE
 
 
 def _sincos(grid: int, dim: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ A *job* is "train method X with its recipe at seed s and evaluate it on every ta
 of scores, the summary (mean ± std over seeds), the claims and ``metrics.json``.
 
 **The budget, and why it is fair** (our reading; the issue asks to choose). A same-steps budget is
-not: an ALTA step (a ViT on four views, masked, plus four losses) costs about 25 ConVIRT steps on
+not: an ALTA step (a ViT on four views, masked, plus four losses) costs about 45 ConVIRT steps on
 a CPU, and the methods' steps are of different kinds (S2D's three curriculum stages, ExGra-Med's
 two). A same-wall-clock budget is not reproducible on a shared machine. We give **each method its
 tutorial budget** — the one its own notebook tuned to a CPU-minutes run and shows the learning
