@@ -133,11 +133,27 @@ def main(out: str, batch_size: int, mode: str = "ddp") -> None:
             n = len(list(Path(out).glob("launch-*.json"))) + 1
             (Path(out) / f"launch-{n}.json").write_text(json.dumps(
                 {"done": result.done, "checkpoint": str(result.checkpoint), "history": result.history}))
+        end_processes()
         return
     model = TinyNet()
     Trainer(model, NoisyRegression(), make_config(out, batch_size)).fit(resume=False)
     if rank0:
         save_weights(model.state_dict(), Path(out) / "final.safetensors")
+    end_processes()
+
+
+def end_processes() -> None:
+    """Meet at a barrier, then tear the process group down before the interpreter exits.
+
+    Without it, a rank that finishes first exits with gloo's threads still running and, now and
+    then, aborts in C++ ("terminate called without an active exception", SIGABRT), which fails the
+    launch although training finished. docs/distributed.md §2 ends its script the same way.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 if __name__ == "__main__":
