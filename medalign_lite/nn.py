@@ -33,6 +33,18 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, weight_ab: float = 0.
     return weight_ab * l_ab + (1 - weight_ab) * l_ba, l_ab, l_ba
 
 
+def mean_pairwise_cosine(x: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between the distinct rows of ``x`` (N, D), N ≥ 2: a collapse monitor for
+    contrastive embeddings. Near 1 the batch sits on one point and InfoNCE's logits are uniform
+    (loss ln N); spread-out embeddings give values near 0. Computed as (‖Σ x̂‖² − N) / (N² − N)
+    from the unit rows x̂, without the (N, N) matrix."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"mean_pairwise_cosine needs at least 2 rows, got {n}")
+    u = l2norm(x.float())
+    return (u.sum(0).pow(2).sum() - n) / (n * n - n)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-6) -> torch.Tensor:
     """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is True.
 

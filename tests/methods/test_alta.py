@@ -34,7 +34,7 @@ from medalign_lite.methods.baselines import gloria_local_loss
 from medalign_lite.models.mae import build_mae, convert_mae_checkpoint
 from medalign_lite.models.text import TextConfig, build_text_encoder
 from medalign_lite.models.vision import VisionConfig
-from medalign_lite.nn import l2norm
+from medalign_lite.nn import l2norm, mean_pairwise_cosine
 
 from . import fakes
 
@@ -355,6 +355,9 @@ def test_mean_pooling_reads_the_visible_patches_in_training_and_every_patch_at_i
         s_g = model.scales()[0]
         terms = [-F.log_softmax(s_g * gi[i] @ gt.T, 0)[i] - F.log_softmax(s_g * gt[i] @ gi.T, 0)[i] for i in range(4)]
         assert torch.allclose(out["loss_global"], torch.stack(terms).mean() / 2, atol=1e-5)
+        for key, z in (("cos_image", gi), ("cos_text", gt)):  # the collapse monitor, pair by pair
+            pairs = [z[i] @ z[j] for i in range(4) for j in range(4) if i != j]
+            assert torch.allclose(out[key], torch.stack(pairs).mean(), atol=1e-5)
         cls = tiny_alta(use_local=False, use_mim=False, use_mlm=False).eval()
         cls.load_state_dict(model.state_dict())
         assert not torch.allclose(cls(batch, noise=noise)["loss_global"], out["loss_global"])  # the CLS differs
@@ -574,3 +577,15 @@ def test_build_alta_and_build_vision_from_a_config():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if group_of(n, groups) is not None}
     assert "image_encoder.mae.vit.embeddings.patch_embeddings.projection.weight" not in trainable
+
+
+def test_mean_pairwise_cosine_is_one_for_a_collapsed_batch_and_matches_the_pairs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g)
+    u = F.normalize(x, dim=-1)
+    ref = torch.stack([u[i] @ u[j] for i in range(7) for j in range(7) if i != j]).mean()
+    assert torch.allclose(mean_pairwise_cosine(x), ref, atol=1e-6)
+    assert torch.allclose(mean_pairwise_cosine(3 * x[:1].repeat(5, 1)), torch.tensor(1.0), atol=1e-6)
+    assert torch.allclose(mean_pairwise_cosine(torch.eye(4)), torch.tensor(0.0))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        mean_pairwise_cosine(x[:1])

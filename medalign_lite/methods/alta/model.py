@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...nn import info_nce, masked_softmax
+from ...nn import info_nce, masked_softmax, mean_pairwise_cosine
 from .. import register_method
 from ..baselines import gloria_local_loss
 from ..dual import DualEncoder
@@ -30,7 +30,9 @@ class ALTA(DualEncoder):
     :attr:`build_vision` tells the experiments layer so); it becomes :class:`ALTAVision`. Adapters
     are inserted into both encoders (unless ``config.adapters`` is False). ``forward(batch)`` →
     ``loss`` (the sum of the terms on), ``loss_global`` (+ ``_i2t``, ``_t2i``), ``loss_local``,
-    ``loss_mim``, ``loss_mlm``, the scales (``scale_global``, ``scale_local1..3``), and for plots
+    ``loss_mim``, ``loss_mlm``, the scales (``scale_global``, ``scale_local1..3``), the collapse
+    monitor ``cos_image`` / ``cos_text`` (mean pairwise cosine of the batch's projected global
+    embeddings, :func:`~medalign_lite.nn.mean_pairwise_cosine`; batches of 2 or more), and for plots
     (detached): ``mim_pred`` (B, L, ·) and ``mim_mask`` (B, L) of the current frontal,
     ``attn`` (B, T, V·K) the matched pairs' word→region attention over the visible patches,
     ``view_present`` (B, V). The batch must hold the configured views (``ManifestDataset(views=...)``);
@@ -127,10 +129,14 @@ class ALTA(DualEncoder):
         txt = self.text_encoder(batch.input_ids, batch.attention_mask, **extras)
         words = self.txt_local(txt.tokens)
         s_g, s_l = self.scales()
-        l_g, l_i2t, l_t2i = info_nce(self.img_global(img_cls), self.txt_global(txt.pooled), 1.0 / s_g)
+        g_img, g_txt = self.img_global(img_cls), self.txt_global(txt.pooled)
+        l_g, l_i2t, l_t2i = info_nce(g_img, g_txt, 1.0 / s_g)
         loss = l_g
         out: dict = {"loss_global": l_g.detach(), "loss_global_i2t": l_i2t.detach(), "loss_global_t2i": l_t2i.detach(),
                      "scale_global": s_g.detach(), "view_present": present}
+        if b > 1:  # the collapse monitor: near 1, every study has the same global embedding
+            with torch.no_grad():
+                out.update(cos_image=mean_pairwise_cosine(g_img), cos_text=mean_pairwise_cosine(g_txt))
         if c.use_local:
             regions = self.img_local(hidden[:, :, 1:].flatten(1, 2))               # (B, V·K, d)
             li, lt = gloria_local_loss(words, txt.mask, regions, s_l[0], s_l[1], s_l[2], c.local_chunk)
