@@ -61,7 +61,8 @@ each a field of :class:`ALTAConfig`):
   separates the Phantom-5×200 classes before alignment (validation image→image P@5 0.24 CLS, 0.24
   patch mean; 0.39 the flattened patch tokens, 0.40 the pixels; chance 0.20): the classes differ
   in where findings sit, which the adapters must carry into the global vector — at the tutorial's
-  150 steps they do not (notebook 04's last section).
+  150 steps they do not, and the global embeddings collapse towards one point instead (the
+  ``cos_image`` / ``cos_text`` monitor of :meth:`ALTA.forward`; notebook 04's last section).
 - Logit scales are clamped to [0, ln 100] in the forward (the code clamps the parameters after
   each optimizer step; the same values while inside the range).
 - MLM masks each non-special, non-padding token independently with probability 0.5 and
