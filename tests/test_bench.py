@@ -145,40 +145,6 @@ def test_s2d_step_profile_covers_the_curriculum(small_iu):
 # medalign bench all: every registered method in one run, at shapes small enough for seconds
 # --------------------------------------------------------------------------------------
 
-_TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
-_TINY_DINO = {"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "mlp_ratio": 2, "patch_size": 14, "num_channels": 1}
-
-
-@pytest.fixture
-def tiny_bench_all(monkeypatch):
-    """bench_all's CPU shapes shrunk to seconds, and its training-step profile replaced by a
-    recorder (bench_train_step itself is tested above, through the notebooks' trainer path)."""
-    from dataclasses import replace
-
-    from medalign_lite.bench import all as bench_all_module
-
-    tiny = replace(bench_all_module.CPU_SHAPES, name="tiny", batch_size=2, tokens=8, patches=16, gloria_dim=16,
-                   aga_dim=8, aga_vision="tiny_cnn", aga_image_size=64, aga_text_hf_config=_TINY_BERT,
-                   alta_config="alta_tiny", alta_tokens=8, alta_text_hf_config=_TINY_BERT, exgramed_dim=32,
-                   exgramed_paper=False, exgramed_solver_batches=(4,), s2d_image_size=28, s2d_lm_hidden=32,
-                   s2d_vision_hf_config=_TINY_DINO, s2d_reports=2, s2d_report_batch=2,
-                   train_overrides={"s2d": ("model.memory_size=4",)})
-    calls = []
-
-    def train_step(method, sh, device):
-        calls.append(method)
-        stage = {"trainable_params": 5, "step_s": 0.1, "steps_per_s": 10.0,
-                 "shares": {"head_loss": 0.25, "encoders": 0.5}}
-        return {"config": f"{method}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"first": 7.0, "second": 3.0},
-                "runs": {"first": {"a": stage}, "second": {"a": stage, "b": {**stage, "step_s": 0.2}}}}
-
-    monkeypatch.setattr(bench_all_module, "CPU_SHAPES", tiny)
-    monkeypatch.setattr(bench_all_module, "_train_step", train_step)
-    return tiny, calls
-
-
 def test_bench_all_has_every_registered_method_and_the_ratios(tiny_bench_all):
     from medalign_lite.bench import bench_all
     from medalign_lite.methods import list_methods
@@ -224,7 +190,7 @@ def test_bench_all_names_an_unknown_method_and_the_known_ones(monkeypatch, capsy
 
     monkeypatch.setattr(bench_all_module, "_run_bench", never)
     monkeypatch.setattr(bench_all_module, "_train_step", never)
-    known = ", ".join(list_methods())  # registration order: the order the method modules were imported
+    known = ", ".join(list_methods())  # the package's order
     assert {"convirt", "gloria", "aga", "s2d", "exgramed", "alta"} <= set(list_methods())
     with pytest.raises(ValueError) as e:
         bench_all_module.bench_all("cpu", methods=["aga", "nope"])

@@ -130,24 +130,11 @@ def test_a_bad_manifest_inside_a_command_lists_its_problems(tmp_path, capsys, mo
         f"{tmp_path / 'o'}/manifest.csv: 1 problem(s)", "  row 3, column 'split' (line 4): unknown split 'x'"]
 
 
-def test_bench_all_prints_one_json_line_or_a_table(capsys, monkeypatch):
+def test_bench_all_prints_one_json_line_or_a_table(capsys, tiny_bench_all):
     """``medalign bench all --json``: stdout is exactly one JSON line with the asked methods'
-    keys (shapes shrunk and the training-step profile replaced, as in tests/test_bench.py)."""
+    keys (shapes shrunk and the training-step profile replaced: tests/conftest.py)."""
     import json
-    from dataclasses import replace
 
-    from medalign_lite.bench import all as bench_all_module
-
-    tiny = replace(bench_all_module.CPU_SHAPES, name="tiny", batch_size=2, tokens=8, patches=16, gloria_dim=16,
-                   aga_dim=8, aga_vision="tiny_cnn", aga_image_size=64, repeats=1,
-                   aga_text_hf_config={"model_type": "bert", "vocab_size": 30522, "hidden_size": 32,
-                                       "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-                                       "max_position_embeddings": 64})
-    stage = {"trainable_params": 5, "step_s": 0.1, "steps_per_s": 10.0, "shares": {"head_loss": 0.25, "encoders": 0.5}}
-    monkeypatch.setattr(bench_all_module, "CPU_SHAPES", tiny)
-    monkeypatch.setattr(bench_all_module, "_train_step", lambda m, sh, d: {
-        "config": f"{m}_tiny", "batch_size": 2, "threads": 1, "params": 10, "peak_mib": {"first": 4.0, "second": 3.0},
-        "runs": {"second": {m: stage}}})
     assert main(["bench", "all", "--device", "cpu", "--methods", "convirt,aga", "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1

@@ -4,11 +4,10 @@ same shapes (time and peak memory)."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 
 import torch
 
-from .common import _device_name, time_fn
+from .common import PeakMemory, _device_name, load_1min, time_fn
 from .losses import BERT_BASE
 
 __all__ = ["bench_alta"]
@@ -39,8 +38,6 @@ def _alta_model(config: str, options: dict, text_hf_config: dict | None, trainab
 
 def _alta_step_point(kw: dict) -> dict:
     """Time and peak memory of one ALTA training step (forward + backward + AdamW) in this process."""
-    import os
-
     from ..data.dataset import Batch
 
     dev = torch.device(kw["device"])
@@ -71,18 +68,11 @@ def _alta_step_point(kw: dict) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-    sec = time_fn(step, dev, repeats=kw["repeats"], warmup=1)
-    if dev.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
-    else:  # peak resident memory growth of this fresh process (KiB on Linux)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"seconds": sec, "peak_mib": round(peak, 1), "trainable_params": sum(p.numel() for p in params),
-            "params": sum(p.numel() for p in model.parameters()),
-            "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    with PeakMemory(dev) as mem:
+        sec = time_fn(step, dev, repeats=kw["repeats"], warmup=1)
+    return {"seconds": sec, "peak_mib": mem.mib, "memory": mem.method,
+            "trainable_params": sum(p.numel() for p in params), "params": sum(p.numel() for p in model.parameters()),
+            "load_avg": load_1min()}
 
 
 def bench_alta(batch_size: int | None = None, tokens: int = 128, device: str = "cpu", dtype: str = "float32",
@@ -100,7 +90,8 @@ def bench_alta(batch_size: int | None = None, tokens: int = 128, device: str = "
       full fine-tuning* step at the same shapes (no adapters, every weight trains, four unmasked
       views, global + local + MLM: nothing is masked, so no MIM), ``step_ratio`` = ALTA / full;
       ``alta_peak_mib``, ``full_peak_mib`` and ``memory_ratio``: peak memory of each step
-      (CUDA: peak allocated; CPU: peak resident-memory growth of a fresh process per variant).
+      (:class:`~medalign_lite.bench.common.PeakMemory` in a fresh process per variant: CUDA peak
+      allocated; CPU the peak resident size above the model and batch already in memory).
 
     ``batch_size=None`` is 24 (the paper's per GPU) on CUDA and 2 on CPU; ``tokens`` is the
     text length (the code pads to 128). ``load_avg``: the 1-minute load average during each

@@ -47,6 +47,13 @@ def load_avg() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
+def load_1min() -> float | None:
+    """The 1-minute load average (None where the OS has none): what a bench records before and
+    after it measures."""
+    avg = load_avg()
+    return avg[0] if avg else None
+
+
 def _proc_status_bytes(field: str) -> int | None:
     """``VmRSS`` / ``VmHWM`` (resident now / its peak) of this process from /proc (Linux), or None."""
     try:

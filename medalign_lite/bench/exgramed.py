@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from .common import _device_name, time_fn
+from .common import _device_name, load_1min, time_fn
 
 __all__ = ["aligner_step", "bench_exgramed"]
 
@@ -128,8 +128,6 @@ def bench_exgramed(device: str = "cpu", repeats: int = 3, batch_sizes=(16, 32, 6
     The official code solves the same 12 problems with LPMP on the CPU in a Python loop, one
     instance at a time, with GPU↔CPU copies; LPMP does not build here, so it is not timed.
     """
-    import os
-
     from ..methods.exgramed import (
         QuadraticCost,
         edge_weights,
@@ -143,7 +141,7 @@ def bench_exgramed(device: str = "cpu", repeats: int = 3, batch_sizes=(16, 32, 6
     old_threads = torch.get_num_threads()
     if threads is not None and dev.type == "cpu":
         torch.set_num_threads(threads)
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load0 = load_1min()
     res: dict = {"name": "exgramed", "device": _device_name(dev), "solver": solver}
     try:
         model, batch = _exgramed_parts(128, 2, 4, 344, 1000, 16, 64, 128, 4, 8, dev, solver)
@@ -206,7 +204,7 @@ def bench_exgramed(device: str = "cpu", repeats: int = 3, batch_sizes=(16, 32, 6
         res["aligner_share"] = res["paper"]["aligner_share"] if paper else res["tiny"]["aligner_share"]
         res["text_pass_share"] = res["paper"]["text_pass_share"] if paper else res["tiny"]["text_pass_share"]
         res["threads"] = torch.get_num_threads()
-        res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None]
+        res["load_avg"] = [load0, load_1min()]
         return res
     finally:
         torch.set_num_threads(old_threads)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .common import _device_name, _sync, time_fn
+from .common import _device_name, _sync, load_1min, time_fn
 
 #: Mean length of an IU X-Ray report (findings + impression) in tokens of the tiny LM's word
 #: tokenizer: 45.8 over the 3,927 non-empty reports (median 41, 95th percentile 91), so 45
@@ -147,7 +147,7 @@ def _s2d_generate_point(kw: dict) -> dict:
         cpu_s: dict[bool, float] = {}
         wall = [0.0, 0.0]
 
-        load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        load0 = load_1min()
         sec, n_tok, n_rep = run(prefill_once)
         with torch.inference_mode():
             prompt_len = int(model.generation_inputs(batches[0][:1]).shape[1])
@@ -164,7 +164,7 @@ def _s2d_generate_point(kw: dict) -> dict:
             sec_other, _, _ = run(not prefill_once)
             res["plain_reports_per_s" if prefill_once else "prefilled_reports_per_s"] = round(n_rep / sec_other, 2)
             res["prefill_speedup"] = round(sec_other / sec if prefill_once else sec / sec_other, 3)
-        res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None]
+        res["load_avg"] = [load0, load_1min()]
         return res
     finally:
         torch.set_num_threads(old_threads)

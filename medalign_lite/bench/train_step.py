@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..train import PHASES, StepTimer, record_steps
-from .common import PeakMemory, _device_name
+from .common import PeakMemory, _device_name, load_1min
 
 __all__ = ["SETUPS", "TrainStepSetup", "bench_train_step", "register_setup", "train_step_setup"]
 
@@ -351,7 +351,7 @@ def bench_train_step(method: str, steps: int = 10, warmup: int = 2, config: str 
     dev = resolve_device(device)
     n_threads = threads or s.threads or torch.get_num_threads()
     old_threads = torch.get_num_threads()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load0 = load_1min()
     runs: dict[str, dict] = {}
     peak_mib: dict[str, float] = {}
     memory_method = params = None
@@ -379,8 +379,8 @@ def bench_train_step(method: str, steps: int = 10, warmup: int = 2, config: str 
                 del model
     finally:
         torch.set_num_threads(old_threads)
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load1 = load_1min()
     return {"name": "train_step", "method": s.method, "config": s.config, "device": name,
             "threads": n_threads, "batch_size": s.batch_size, "budget_steps": s.budget_steps, "steps": steps,
             "warmup": warmup, "encoders": list(s.encoders), "runs": runs, "params": params, "peak_mib": peak_mib,
-            "memory": memory_method, "notes": list(s.notes), "load_avg": [round(load0, 2), round(load1, 2)]}
+            "memory": memory_method, "notes": list(s.notes), "load_avg": [load0, load1]}
