@@ -243,6 +243,8 @@ def _bench_alta(args: argparse.Namespace) -> int:
         print(f"  full fine-tuning, unmasked:                 {res['full_step_s']:.3f} s, peak {res['full_peak_mib']:.0f} MiB"
               f" (load {res['full_load_avg']})")
         print(f"step_ratio = {res['step_ratio']:.3f} (target <= 0.35), memory_ratio = {res['memory_ratio']:.3f} (target < 1)")
+        print(f"flop_ratio = {res['flop_ratio']:.3f} (counted: ALTA {res['alta_gflop']:.0f} GFLOP, full fine-tuning "
+              f"{res['full_gflop']:.0f} GFLOP per step; the step_ratio of a compute-bound device)")
     if args.json:
         print(json.dumps(res))
     return 0

@@ -171,7 +171,7 @@ def test_bench_all_has_every_registered_method_and_the_ratios(tiny_bench_all):
     local = res["alta"]["results"]["alta_local"]
     assert (local["views"], local["patches_per_view"], local["P"]) == (4, 16, 64)  # 8x8 patches, 0.75 masked
     assert r["alta"]["vs_gloria"] == pytest.approx(local["seconds"] / ref["seconds"])
-    for key in ("step_ratio", "memory_ratio", "trainable_fraction"):
+    for key in ("step_ratio", "flop_ratio", "memory_ratio", "trainable_fraction"):
         assert r["alta"][key] == res["alta"]["results"]["alta"][key]
     assert r["exgramed"]["aligner_share"] == res["exgramed"]["results"]["exgramed"]["tiny"]["aligner_share"]
     assert r["exgramed"]["vs_gloria"] > 0 and r["s2d"]["vs_gloria"] > 0 and r["s2d"]["aligner_share"] > 0

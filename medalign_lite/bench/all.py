@@ -30,7 +30,8 @@ Ratios (each entry's ``ratios``):
 
 - the head or aligner against the method's encoders: AGA ``head_share`` (head / encoders),
   ExGra-Med ``aligner_share`` and ``text_pass_share`` (against the LM step), ALTA
-  ``step_ratio`` / ``memory_ratio`` (masked adapter step / unmasked full fine-tuning step),
+  ``step_ratio`` / ``flop_ratio`` / ``memory_ratio`` (masked adapter step / unmasked full
+  fine-tuning step: time, counted FLOPs, peak memory),
   S2D ``aligner_share`` (SMA_v forward + backward / the frozen encoder's forward), GLoRIA
   ``head_share`` (its local loss / AGA's encoders, the same ResNet-50 + BERT-base at the same
   B, when ``aga`` ran too);
@@ -266,7 +267,7 @@ def _ratios(method: str, results: dict, ref: dict | None, aga: dict | None) -> d
             r["vs_gloria"] = a["head_s"] / g
     elif method == "alta":
         if "alta" in results:
-            for k in ("step_ratio", "memory_ratio", "trainable_fraction"):
+            for k in ("step_ratio", "flop_ratio", "memory_ratio", "trainable_fraction"):
                 if k in results["alta"]:
                     r[k] = results["alta"][k]
         if "alta_local" in results and g:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .common import PeakMemory, _device_name, load_1min, time_fn
 from .losses import BERT_BASE
@@ -37,7 +38,10 @@ def _alta_model(config: str, options: dict, text_hf_config: dict | None, trainab
 
 
 def _alta_step_point(kw: dict) -> dict:
-    """Time and peak memory of one ALTA training step (forward + backward + AdamW) in this process."""
+    """Time, peak memory and FLOPs of one ALTA training step (forward + backward + AdamW) in this
+    process. ``gflop``: the step's matrix products, convolutions and attention, forward and
+    backward, as ``torch.utils.flop_counter`` counts them on the warm-up step (element-wise work
+    and the optimizer are not counted)."""
     from ..data.dataset import Batch
 
     dev = torch.device(kw["device"])
@@ -69,8 +73,11 @@ def _alta_step_point(kw: dict) -> dict:
         opt.zero_grad(set_to_none=True)
 
     with PeakMemory(dev) as mem:
-        sec = time_fn(step, dev, repeats=kw["repeats"], warmup=1)
-    return {"seconds": sec, "peak_mib": mem.mib, "memory": mem.method,
+        counter = FlopCounterMode(display=False)
+        with counter:  # the warm-up step, its matrix products counted
+            step()
+        sec = time_fn(step, dev, repeats=kw["repeats"], warmup=0)
+    return {"seconds": sec, "peak_mib": mem.mib, "memory": mem.method, "gflop": counter.get_total_flops() / 1e9,
             "trainable_params": sum(p.numel() for p in params), "params": sum(p.numel() for p in model.parameters()),
             "load_avg": load_1min()}
 
@@ -89,6 +96,9 @@ def bench_alta(batch_size: int | None = None, tokens: int = 128, device: str = "
       AdamW) of ALTA (adapters, masking 0.75 on four views, the four losses) and of an *unmasked
       full fine-tuning* step at the same shapes (no adapters, every weight trains, four unmasked
       views, global + local + MLM: nothing is masked, so no MIM), ``step_ratio`` = ALTA / full;
+      ``alta_gflop``, ``full_gflop`` and ``flop_ratio``: the arithmetic of each step (matrix
+      products, convolutions, attention; forward and backward; counted, so the same on every
+      machine): the step ratio a device reaches when it is compute-bound;
       ``alta_peak_mib``, ``full_peak_mib`` and ``memory_ratio``: peak memory of each step
       (:class:`~medalign_lite.bench.common.PeakMemory` in a fresh process per variant: CUDA peak
       allocated; CPU the peak resident size above the model and batch already in memory).
@@ -125,6 +135,8 @@ def bench_alta(batch_size: int | None = None, tokens: int = 128, device: str = "
             point = _alta_step_point(kw)
         res[f"{name}_step_s"], res[f"{name}_peak_mib"] = point["seconds"], point["peak_mib"]
         res[f"{name}_trainable_params"], res[f"{name}_load_avg"] = point["trainable_params"], point["load_avg"]
+        res[f"{name}_gflop"] = point["gflop"]
     res["step_ratio"] = res["alta_step_s"] / res["full_step_s"]
+    res["flop_ratio"] = res["alta_gflop"] / res["full_gflop"]
     res["memory_ratio"] = res["alta_peak_mib"] / max(res["full_peak_mib"], 1e-6)
     return res

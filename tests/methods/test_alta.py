@@ -557,6 +557,8 @@ def test_bench_alta_small_shapes_and_cli(tmp_path, capsys):
     assert res["alta_trainable_params"] == res["trainable_params"] < res["full_trainable_params"] < res["params"]
     assert res["params"] - res["full_trainable_params"] == res["groups"]["adapters"]["params"]
     assert res["step_ratio"] > 0 and res["alta_step_s"] > 0 and res["full_step_s"] > 0
+    # counted arithmetic: masking 3/4 of the patches and freezing the backbones' weights cut it
+    assert 0 < res["alta_gflop"] < res["full_gflop"] and res["flop_ratio"] == res["alta_gflop"] / res["full_gflop"]
     capsys.readouterr()
     assert main(["bench", "alta", "--no-steps", "--json", "--config", str(cfg)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
