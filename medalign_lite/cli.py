@@ -250,6 +250,33 @@ def _bench_alta(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_s2d_step(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench.s2d_step import bench_s2d_step
+
+    res = bench_s2d_step(args.batch_size, args.stage, args.report_tokens, device=args.device, dtype=args.dtype,
+                         gradient_checkpointing=not args.no_checkpointing, layers=args.layers, repeats=args.repeats)
+    sh = res["lm_shape"]
+    print(f"S2D-ALIGN training step at paper scale (random weights, nothing downloaded), {res['device']}, {res['dtype']}")
+    print(f"LM: {sh['layers']} layers x {sh['hidden']} (MLP {sh['intermediate']}, vocabulary {sh['vocab_size']}), "
+          f"LoRA r = 16 on every linear layer, gradient checkpointing {'on' if res['gradient_checkpointing'] else 'off'}; "
+          f"SMA on {res['patches'][0]} patches of {res['patches'][1]}; stage {res['stage']}")
+    for pt in res["points"]:
+        print(f"  measured with {pt['layers']:>2} layer(s): {pt['seconds']:.3f} s per step, peak +{pt['peak_added_mib']:.0f} MiB"
+              f" (weights {pt['weights_mib']:.0f} MiB; load {pt['load_avg']})")
+    if res["extrapolated"]:
+        print(f"  {res['extrapolated']}: {res.get('per_layer_s', float('nan')):.3f} s per layer")
+    print(f"B = {res['B']}, {res['sequence']} positions per study, {res['lm_tokens']} LM tokens per step "
+          f"({res['report_tokens']} supervised)")
+    print(f"step {res['step_s']:.2f} s, {res['tokens_per_s']:.1f} LM tokens/s, {res['report_tokens_per_s']:.1f} report "
+          f"tokens/s; trainable {res['trainable_params'] / 1e6:.1f} M of {res['params'] / 1e9:.2f} B; peak "
+          f"{res['peak_mib']:.0f} MiB")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def _bench_train_step(args: argparse.Namespace) -> int:
     import json
 
@@ -466,6 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="last line: the result as JSON")
     s.set_defaults(func=_bench_s2d_generate)
+
+    ss = bench.add_parser("s2d-step", help="S2D-ALIGN: one training step at paper scale (Vicuna-7B's shape in bf16, "
+                                           "LoRA, gradient checkpointing; a CPU extrapolates from 1 and 3 layers)")
+    ss.add_argument("--batch-size", type=_positive_int, default=4)
+    ss.add_argument("--stage", type=int, default=1, choices=[1, 2, 3], help="the curriculum stage (its soft tokens)")
+    ss.add_argument("--report-tokens", type=_positive_int, default=160, help="report tokens with <eos> (s2d_full's)")
+    ss.add_argument("--layers", type=_positive_int, default=None,
+                    help="LM layers to run (default: 32 on cuda; 1 and 3 on a cpu, extrapolated to 32)")
+    ss.add_argument("--no-checkpointing", action="store_true", help="keep every activation (no recomputation)")
+    ss.add_argument("--device", default="cpu")
+    ss.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ss.add_argument("--repeats", type=_positive_int, default=2)
+    ss.add_argument("--json", action="store_true", help="last line: the result as JSON")
+    ss.set_defaults(func=_bench_s2d_step)
 
     x = bench.add_parser("exgramed", help="ExGra-Med: aligner and text-pass shares of the LM step, solver ms per step")
     x.add_argument("--device", default="cpu")

@@ -200,3 +200,33 @@ def test_bench_all_names_an_unknown_method_and_the_known_ones(monkeypatch, capsy
     assert captured.out == ""
     err = captured.err.strip()
     assert err.count("\n") == 0 and "'nope', 'glorai'" in err and err.endswith(f"registered methods: {known}")
+
+
+def test_bench_s2d_step_extrapolates_in_layers_and_counts_exactly(monkeypatch, capsys):
+    """The paper-scale S2D step at a small LM shape: on a CPU it measures 1 and 3 layers and
+    extrapolates to the shape's depth; the extrapolated parameter counts equal a real model's,
+    later stages add their soft tokens and trainable SMAs, and the CLI prints the result."""
+    from medalign_lite.bench import s2d_step
+    from medalign_lite.cli import main
+
+    shape = {"hidden": 64, "layers": 4, "heads": 4, "intermediate": 96, "vocab_size": 700}
+    kw = {"batch_size": 2, "report_tokens": 12, "aux_tokens": 10, "dtype": "float32", "repeats": 1,
+          "lm_shape": shape, "patches": (9, 32)}
+    one = s2d_step.bench_s2d_step(stage=1, **kw)
+    assert [p["layers"] for p in one["points"]] == [1, 3] and "linear in layers" in one["extrapolated"]
+    real = s2d_step._step_point(layers=4, stage=1, batch_size=2, report_tokens=12, aux_tokens=10, device="cpu",
+                                dtype="float32", checkpointing=True, repeats=1, config="s2d_full", shape=shape,
+                                patches=(9, 32))
+    assert (one["params"], one["trainable_params"]) == (real["params"], real["trainable_params"])
+    assert one["step_s"] > 0 and one["tokens_per_s"] == one["lm_tokens"] / one["step_s"]
+    assert one["report_tokens"] == 2 * 12 and one["lm_tokens"] == 2 * one["sequence"]  # nothing padded
+    three = s2d_step.bench_s2d_step(stage=3, layers=2, **kw)
+    assert three["extrapolated"] == "measured with 2 layers only"
+    assert three["sequence"] == one["sequence"] + 2 * 64  # + the reference's and the phrases' 64 soft tokens
+    lora_per_layer = (one["points"][1]["trainable_params"] - one["points"][0]["trainable_params"]) // 2
+    assert three["trainable_params"] > one["points"][0]["trainable_params"] + lora_per_layer  # + SMA_t and SMA_p
+    monkeypatch.setattr(s2d_step, "bench_s2d_step", lambda *a, **k: one)
+    capsys.readouterr()
+    assert main(["bench", "s2d-step", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "linear in layers from 1 and 3 to 4" in "\n".join(out) and json.loads(out[-1])["step_s"] == one["step_s"]

@@ -7,22 +7,9 @@ import functools
 
 import torch
 
-from .common import _device_name, load_1min, time_fn
+from .common import PatchInput, _device_name, load_1min, random_llama, time_fn
 
 __all__ = ["aligner_step", "bench_exgramed"]
-
-
-class _PatchInput(torch.nn.Module):
-    """A stand-in frozen encoder that takes its patches as input ((B, P, D) → ImageFeatures)."""
-
-    def __init__(self, patch_dim: int):
-        super().__init__()
-        self.patch_dim = patch_dim
-
-    def forward(self, x):
-        from ..models.features import ImageFeatures
-
-        return ImageFeatures(pooled=x.mean(1), patches=x, grid=(1, x.shape[1]))
 
 
 def _exgramed_parts(hidden: int, layers: int, heads: int, inter: int, vocab_words: int, b: int, patches: int,
@@ -31,29 +18,17 @@ def _exgramed_parts(hidden: int, layers: int, heads: int, inter: int, vocab_word
     """A random ExGra-Med (random-weight Llama of the given shape, its word tokenizer over
     ``vocab_words`` synthetic words) and a batch of ``b`` conversations of ``turns`` turns."""
     import random
-    import shutil
-    import tempfile
 
     from ..methods.exgramed import ExGraMed, ExGraMedConfig
-    from ..models.llm import LLMConfig, load_causal_lm
-    from ..text.tokenizer import save_word_tokenizer, train_word_tokenizer
 
+    lm, tok, llm, words = random_llama(
+        hidden, layers, heads, inter, vocab_words=vocab_words, seed=seed,
+        texts=["human: <img> </img> ? assistant: ."],
+        max_positions=max(512, patches + 4 * turns * (answer_words + 12)), lora_r=16,
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), lora_dropout=0.0)
     rng = random.Random(seed)
-    words = [f"w{i}" for i in range(vocab_words)]
-    corpus = [" ".join(rng.choices(words, k=20)) for _ in range(200)] + ["human: <img> </img> ? assistant: ."] * 5
-    folder = tempfile.mkdtemp(prefix="exgramed-bench-tok-")
-    save_word_tokenizer(train_word_tokenizer(corpus, vocab_size=vocab_words + 32, min_frequency=1), folder)
-    llm = LLMConfig(tokenizer=folder, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=inter,
-                    max_positions=max(512, patches + 4 * turns * (answer_words + 12)), lora_r=16,
-                    lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                    lora_dropout=0.0)
-    torch.manual_seed(seed)
-    try:
-        lm, tok = load_causal_lm(llm)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)   # the tokenizer is in memory now
     cfg = ExGraMedConfig(solver=solver, gnn_dropout=0.1)
-    model = ExGraMed(_PatchInput(patch_dim), lm, tok, cfg, llm)
+    model = ExGraMed(PatchInput(patch_dim), lm, tok, cfg, llm)
     model.to(device)
     sent = lambda k: " ".join(rng.choices(words, k=k))
     items = [{"study_id": str(i), "frontal": torch.randn(patches, patch_dim),

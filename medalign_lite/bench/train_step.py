@@ -136,9 +136,9 @@ def _contrastive_setup(method: str, config: str, overrides: Sequence[str], manif
         r = replace(recipe, max_steps=max_steps, epochs=max(recipe.epochs, math.ceil(max_steps / max(per_epoch, 1))))
         train_alignment(model, manifest, r, out, dataset=dataset)
 
-    notes = [f"{recipe.vision.name} at {recipe.image_size} px, {recipe.text.name}"
-             f"{' frozen, features cached' if recipe.cache_text else ''}, training set "
-             f"{'augmented (read from disk every step)' if recipe.augment else 'in memory after its first read'}"]
+    notes = [(f"{recipe.vision.name} at {recipe.image_size} px, {recipe.text.name}"
+              f"{' frozen, features cached' if recipe.cache_text else ''}, training set "
+              f"{'augmented (read from disk every step)' if recipe.augment else 'in memory after its first read'}")]
     return TrainStepSetup(method, config, build, train, recipe.batch_size, {method: budget}, DUAL_ENCODER_MODULES,
                           notes=notes)
 
@@ -186,8 +186,8 @@ def _s2d_setup(config: str, overrides: Sequence[str], manifest, device: str, see
                           stages=[replace(s, max_steps=max_steps) for s in exp.train.stages])
         Trainer(model, items, cfg, collate_fn=Collate()).fit(resume=False)
 
-    notes = [f"encoder and LM ready in {ready:.0f} s (encoder {info['encoder_seconds']} s, LM {info['lm_seconds']} s; "
-             "cached after the first time), patches precomputed and standardised once"]
+    notes = [(f"encoder and LM ready in {ready:.0f} s (encoder {info['encoder_seconds']} s, LM {info['lm_seconds']} s; "
+              "cached after the first time), patches precomputed and standardised once")]
     return TrainStepSetup("s2d", config, build, train, exp.train.batch_size, budget, ("vision",), threads=1,
                           notes=notes)
 
@@ -201,7 +201,13 @@ def _exgramed_setup(config: str, overrides: Sequence[str], manifest, device: str
     trains in two one-thread worker processes). Stage 1 (the projector on captions) is not
     profiled: it runs once per seed and has no graph loss."""
     from ..data.dataset import ManifestDataset
-    from ..experiments.exgramed import ConversationItems, build_model, load_exgramed_experiment, load_instruction_data, prepare_exgramed
+    from ..experiments.exgramed import (
+        ConversationItems,
+        build_model,
+        load_exgramed_experiment,
+        load_instruction_data,
+        prepare_exgramed,
+    )
     from ..experiments.generation import PrecomputedPatches, encode_dataset, patch_statistics
     from ..train import Trainer
 
@@ -230,8 +236,8 @@ def _exgramed_setup(config: str, overrides: Sequence[str], manifest, device: str
                       stages=[replace(stage, max_steps=max_steps)])
         Trainer(model, items, cfg, collate_fn=model.collate()).fit(resume=False)
 
-    notes = [f"encoder and LM ready in {ready:.0f} s (encoder {info['encoder_seconds']} s, LM {info['lm_seconds']} s; "
-             "cached after the first time), patches precomputed and standardised once; stage 2 only"]
+    notes = [(f"encoder and LM ready in {ready:.0f} s (encoder {info['encoder_seconds']} s, LM {info['lm_seconds']} s; "
+              "cached after the first time), patches precomputed and standardised once; stage 2 only")]
     return TrainStepSetup("exgramed", config, build, train, exp.train.batch_size, budget, ("vision",), threads=1,
                           notes=notes)
 
