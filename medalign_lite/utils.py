@@ -9,6 +9,8 @@
 - :func:`atomic_path` / :func:`atomic_write` / :func:`atomic_dir` write a file or a folder under
   a temporary name beside it and rename it into place, so a reader (or a later run) never sees
   half of one.
+- :class:`PeakMemory` measures the peak memory a block of code adds (CUDA's peak allocated; on a
+  CPU the kernel's peak resident size), for the benches and notebook 06's cost table.
 
 A leaf module: it imports nothing from the package, and torch only inside the functions that
 need it, so ``data`` and ``text`` (which never load torch) can use it.
@@ -314,3 +316,79 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- peak memory
+def _proc_status_bytes(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` (resident now / its peak) of this process from /proc (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Set this process's peak resident size (VmHWM) to its current one (Linux >= 4.0:
+    ``echo 5 > /proc/self/clear_refs``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as m: ...`` then ``m.mib``: the peak memory the block added.
+
+    CUDA: peak allocated memory above what was allocated at entry (after a reset of the peak
+    statistics). CPU (Linux): the kernel's peak resident size (VmHWM), reset at entry, above
+    the resident size at entry: exact, no sampling. Where the peak cannot be reset, the growth
+    of the process's maximum resident size (``ru_maxrss``), which misses any peak below one the
+    process reached before (a lower bound): ``method`` says which was used. On a CPU, memory
+    that an earlier block freed is reused without growing the resident set, so a block that
+    repeats an earlier one's work can read near 0.
+    """
+
+    def __init__(self, device: torch.device | str):
+        import torch
+
+        self.device = torch.device(device)
+        self.mib: float = float("nan")
+        self.method = ""
+
+    def __enter__(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda peak allocated"
+        elif _reset_peak_rss() and _proc_status_bytes("VmRSS") is not None:
+            self._base = _proc_status_bytes("VmRSS")
+            self.method = "peak resident size (VmHWM, reset at entry)"
+        else:
+            import resource
+
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.method = "ru_maxrss growth (a lower bound)"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("peak resident"):
+            peak = _proc_status_bytes("VmHWM") or self._base
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.mib = round(max(peak - self._base, 0) / 2**20, 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medalign_lite.eval.bootstrap import paired_bootstrap
 from medalign_lite.experiments import benchmark as B
@@ -75,15 +76,15 @@ def test_interval_is_the_claims_rule_bootstrap_against_zero():
     assert B.interval(x[0]) == B.interval(x[:1])
 
 
-def test_peak_memory_sees_an_allocation():
-    from medalign_lite.experiments.benchmark.runs import _PeakMemory
+def test_jobs_measure_peak_memory_on_the_runs_device():
+    """A job's peak memory is :class:`medalign_lite.utils.PeakMemory` on the run's device (its own
+    test, in a fresh process, is tests/test_bench.py's)."""
+    from medalign_lite.experiments.benchmark.runs import _peak_memory
+    from medalign_lite.utils import PeakMemory
 
-    if not Path("/proc/self/clear_refs").exists():
-        pytest.skip("no /proc/self/clear_refs on this system")
-    with _PeakMemory() as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        del block
-    assert mem.mib > 48
+    ctx = type("Ctx", (), {"device": "auto"})()
+    mem = _peak_memory(ctx)
+    assert isinstance(mem, PeakMemory) and mem.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _results() -> B.BenchmarkResults:

@@ -17,7 +17,7 @@ supervised ceiling:
   them; Phantom-VQA closed accuracy and open recall for the generators that answer questions,
   with the majority / question-prior floors and the supervised-probe ceiling;
 - **cost**: trainable and total parameters, optimizer steps, batch, pairs seen, seconds per step,
-  training and job wall time, and the job's peak resident memory.
+  training and job wall time, and the job's peak memory (resident on a CPU, allocated on CUDA).
 
 A *job* is "train method X with its recipe at seed s and evaluate it on every task"
 (:func:`run_job`); :func:`run_benchmark` runs every job in a pool of CPU workers
@@ -249,36 +249,12 @@ def _dataset(manifest, **kw):
     return _DATASETS[key]
 
 
-def _status_mib(field_name: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MiB (/proc; NaN where there is none)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+def _peak_memory(ctx: _Context):
+    """The peak memory a job adds (:class:`~medalign_lite.utils.PeakMemory` on the run's device:
+    the peak resident size on a CPU, the peak allocated memory on CUDA)."""
+    from ...utils import PeakMemory, resolve_device
 
-
-class _PeakMemory:
-    """The peak resident memory a block of code added to this process: the kernel's high-water
-    mark (``VmHWM``, reset on entry through ``/proc/self/clear_refs``) minus the resident set on
-    entry. NaN where the kernel offers neither."""
-
-    def __enter__(self):
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.ok = True
-        except OSError:
-            self.ok = False
-        self.start = _status_mib("VmRSS")
-        self.mib = float("nan")
-        return self
-
-    def __exit__(self, *exc):
-        if self.ok:
-            self.mib = max(0.0, _status_mib("VmHWM") - self.start)
-        return False
+    return PeakMemory(resolve_device(ctx.device))
 
 
 def _params(model: torch.nn.Module, patterns: Sequence[str] | None = None) -> dict:
@@ -399,7 +375,7 @@ def _dual_job(ctx: _Context, name: str, seed: int) -> list[JobResult]:
     model = build_model(r, text_encoder=text())
     train = _train_set(ctx, r, getattr(model, "dataset_views", ("frontal",)))
     t = time.perf_counter()
-    with _PeakMemory() as mem:
+    with _peak_memory(ctx) as mem:
         res = train_alignment(model, ctx.data.train_manifests, r, ctx.out_root / f"{name}_s{seed}", dataset=train)
     train_s = time.perf_counter() - t
     scores, per_query = _dual_eval(model, ctx, r)
@@ -416,7 +392,7 @@ def _ceiling_job(ctx: _Context, seed: int) -> list[JobResult]:
     model = build_ceiling(r)
     train = _train_set(ctx, r, ("frontal",))
     t = time.perf_counter()
-    with _PeakMemory() as mem:
+    with _peak_memory(ctx) as mem:
         res = train_ceiling(model, ctx.data.train_manifests, r, ctx.out_root / f"ceiling_s{seed}", dataset=train)
     train_s = time.perf_counter() - t
     model.eval()
@@ -426,7 +402,7 @@ def _ceiling_job(ctx: _Context, seed: int) -> list[JobResult]:
     scores = {**{k: float(v) for k, v in ret.items()}, **{f"i2t_P@{k}": float(ret[f"i2i_P@{k}"]) for k in ks}}
     scores.update(_ceiling_zero_shot(model, gallery))
     test = _dataset(ctx.data.iu, split="test", image_size=r.image_size, cache=True)
-    au = [v for v in ceiling_auroc(model, test).values() if v == v]
+    au = [v for v in ceiling_auroc(model, test).values() if not np.isnan(v)]  # NaN: no positives
     scores["probe_auroc@100"] = float(np.mean(au)) if au else float("nan")
     g = ceiling_grounding(model, ctx.data.iu, r.image_size, split="test")
     scores.update(_grounding_scores(g))
@@ -476,7 +452,7 @@ def _s2d_runner(ctx: _Context, plan: MethodPlan, seeds: Sequence[int]) -> list[J
     out = []
     for seed in seeds:
         t = time.perf_counter()
-        with _PeakMemory() as mem:
+        with _peak_memory(ctx) as mem:
             res = run_s2d_variants(["progressive"], train, test, encoder, llm, exp.model, ctx.out_root / f"s2d_s{seed}",
                                    curriculum=exp.train.stages, seeds=[seed], batch_size=exp.train.batch_size,
                                    precision=exp.train.precision, device=ctx.device, standardize=exp.standardize,
@@ -511,7 +487,7 @@ def _exgramed_runner(ctx: _Context, plan: MethodPlan, seeds: Sequence[int]) -> l
     main = "exgramed@100"
     encoder_manifests = ctx.data.train_manifests if exp.extra_studies else [ctx.data.iu]
     t = time.perf_counter()
-    with _PeakMemory() as mem:
+    with _peak_memory(ctx) as mem:
         res = run_exgramed(exp, ctx.data.iu, ctx.data.vqa, ctx.out_root / "exgramed", variants=[main], seeds=list(seeds),
                            device=ctx.device, keep_models=(main,), encoder_manifest=encoder_manifests)
     per_seed_s = (time.perf_counter() - t) / len(seeds)
