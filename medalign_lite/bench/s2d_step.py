@@ -35,11 +35,14 @@ def _step_point(layers: int, stage: int, batch_size: int, report_tokens: int, au
     from ..methods.s2d import S2D, S2DConfig
     from ..train import TrainConfig, freeze_for_stage
 
+    from ..models.llm import LLMConfig
+
     dev = torch.device(device)
     cfg = load_config(S2DConfig, config, section="model")
-    llm_options = {"torch_dtype": dtype, "gradient_checkpointing": checkpointing,
-                   "lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.0,
-                   "lora_targets": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    lora = load_config(LLMConfig, config, section="llm")   # the config's LoRA: r 16, α 32, every linear layer
+    llm_options = {"torch_dtype": dtype, "gradient_checkpointing": checkpointing, "lora_r": lora.lora_r,
+                   "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout,
+                   "lora_targets": tuple(lora.lora_targets)}
     lm, tok, llm, words = random_llama(shape["hidden"], layers, shape["heads"], shape["intermediate"],
                                        vocab_size=shape["vocab_size"], texts=[cfg.prompt_prefix, cfg.prompt_suffix],
                                        max_positions=4096, seed=seed, **llm_options)
@@ -85,8 +88,8 @@ def bench_s2d_step(batch_size: int = 4, stage: int = 1, report_tokens: int = 160
                    lm_shape: dict | None = None, patches: tuple[int, int] = RAD_DINO_PATCHES) -> dict:
     """One S2D-ALIGN training step at paper scale (see the module docstring).
 
-    ``stage`` 1 (image only: the LM reads the prompt, 64 soft tokens and the report, about 240
-    tokens per study), 2 (+ the reference report through SMA_t) or 3 (+ key phrases through
+    ``stage`` 1 (image only: the LM reads the prompt, 64 soft tokens and the report, 247
+    positions per study at the defaults), 2 (+ the reference report through SMA_t) or 3 (+ key phrases through
     SMA_p): the trainable set is ``config``'s stage's. ``aux_tokens``: the reference report's
     length (stages 2 and 3; the key phrases are ``aux_tokens`` // 5 phrases of 4 words).
     ``layers``: the LM's layers to run (default 32 on CUDA; on a CPU 1 and 3, extrapolated to
