@@ -7,6 +7,8 @@
 #   #14  ALTA's masked adapter step against unmasked full fine-tuning at batch 24 (fp32 and bf16);
 #   #13  ExGra-Med's aligner share against the LM step at paper shapes.
 # Writes one .txt (what the bench printed) and one .json (its last line) per bench into OUT (default .).
+# Arguments: the names of the benches to run (default: all), e.g. `gpu_figures.sh aga alta_fp32`, to
+# split the run across calls that each have a time limit (the limits below add up to 20 minutes).
 # Record the numbers in benchmarks/RESULTS.md with the device, the date and the PyTorch version.
 set -uo pipefail
 OUT="${OUT:-.}"
@@ -14,9 +16,11 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
+ONLY=" $* "
 run() {  # run NAME SECONDS medalign-bench-arguments...
   local name=$1 limit=$2
   shift 2
+  if [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]]; then return 0; fi
   echo "== $name: medalign bench $*" | tee -a "$OUT/gpu.txt"
   local t0=$SECONDS
   if timeout "$limit" medalign bench "$@" --json > "$OUT/$name.txt" 2> "$OUT/$name.err"; then
