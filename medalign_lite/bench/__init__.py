@@ -29,26 +29,7 @@ from .losses import BERT_BASE, bench_aga, bench_gloria
 from .s2d_step import VICUNA_7B, bench_s2d_step
 from .train_step import TrainStepSetup, bench_train_step, register_setup, train_step_setup
 
-__all__ = [
-           "BERT_BASE",
-           "CPU_SHAPES",
-           "IU_MEAN_REPORT_TOKENS",
-           "PAPER_SHAPES",
-           "VICUNA_7B",
-           "AllShapes",
-           "PeakMemory",
-           "TrainStepSetup",
-           "bench_aga",
-           "bench_all",
-           "bench_alta",
-           "bench_exgramed",
-           "bench_gloria",
-           "bench_s2d_aligner",
-           "bench_s2d_generate",
-           "bench_s2d_step",
-           "bench_train_step",
-           "load_avg",
-           "register_setup",
-           "time_fn",
-           "train_step_setup",
-]
+__all__ = ["BERT_BASE", "CPU_SHAPES", "IU_MEAN_REPORT_TOKENS", "PAPER_SHAPES", "VICUNA_7B", "AllShapes",
+           "PeakMemory", "TrainStepSetup", "bench_aga", "bench_all", "bench_alta", "bench_exgramed",
+           "bench_gloria", "bench_s2d_aligner", "bench_s2d_generate", "bench_s2d_step", "bench_train_step",
+           "load_avg", "register_setup", "time_fn", "train_step_setup"]

@@ -33,9 +33,8 @@ def _step_point(layers: int, stage: int, batch_size: int, report_tokens: int, au
 
     from ..config import load_config
     from ..methods.s2d import S2D, S2DConfig
-    from ..train import TrainConfig, freeze_for_stage
-
     from ..models.llm import LLMConfig
+    from ..train import TrainConfig, freeze_for_stage
 
     dev = torch.device(device)
     cfg = load_config(S2DConfig, config, section="model")
