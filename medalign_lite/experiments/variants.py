@@ -120,6 +120,7 @@ class RunResult:
     history: list[dict]
     retrieval: dict
     seconds: float
+    encoded_texts: int = 0  # reports this run's frozen text encoder encoded itself (0: all cached or shared)
 
     def row(self) -> dict:
         """``{"variant", "seed", <every scalar retrieval score>}``: a row of :func:`summary_table`."""
@@ -185,6 +186,70 @@ class _Grid:
     eval_every: int
     return_state: bool
     text_encoders: dict | None = None
+    text_groups: dict | None = None  # name -> _TextGroup (cache_text runs only)
+    feature_dir: str | None = None   # where group leaders publish their text features (workers only)
+
+
+@dataclass(frozen=True)
+class _TextGroup:
+    """The ``cache_text`` runs that read one training set through one text config: ``index``
+    orders the groups, ``leader`` is the group's first (seed, variant) job, ``config`` the text
+    config's ``repr`` (the shared encoder's key)."""
+
+    index: int
+    leader: tuple[int, str]
+    config: str
+
+
+def _text_groups(variants: dict, jobs: Sequence[tuple[int, str]], train_dataset) -> dict[str, _TextGroup]:
+    """``{variant: its _TextGroup}`` for the ``cache_text`` variants (a ceiling reads no text);
+    groups numbered in the order of their first job."""
+    from .ceiling import SupervisedCeiling
+
+    groups: dict[tuple, _TextGroup] = {}
+    out = {}
+    for seed, name in jobs:
+        job = variants[name]
+        if isinstance(job, SupervisedCeiling) or not job.cache_text or name in out:
+            continue
+        data = train_dataset.get(name) if isinstance(train_dataset, dict) else train_dataset
+        key = (repr(job.text), id(data))
+        if key not in groups:
+            groups[key] = _TextGroup(len(groups), (seed, name), repr(job.text))
+        out[name] = groups[key]
+    return out
+
+
+def _feature_file(directory: str, group: _TextGroup) -> Path:
+    return Path(directory) / f"text_features_{group.index}.safetensors"
+
+
+def _adopt_text_features(text: nn.Module, directory: str, group: _TextGroup, groups: dict) -> None:
+    """Load the features that the leaders of ``group`` and of every earlier group with the same
+    text config published (rows already held are kept)."""
+    from safetensors.torch import load_file
+
+    for g in sorted({g for g in groups.values() if g.config == group.config and g.index <= group.index},
+                    key=lambda g: g.index):
+        if _feature_file(directory, g).exists():
+            text.load_cache_state(load_file(str(_feature_file(directory, g))))
+
+
+def _complete_and_publish(text: nn.Module, train, batch_size: int, directory: str | None, group: _TextGroup) -> None:
+    """A group leader, after its run: encode the training reports its run did not meet (in
+    dataset order: a short run sees only some), then publish the whole cache for the group's
+    other runs (written to a temporary name, then renamed: a reader never sees half a file)."""
+    if train is not None:
+        texts = list(train.texts)
+        for s in range(0, len(texts), batch_size):
+            text.encode(texts[s:s + batch_size])
+    if directory is not None:
+        from safetensors.torch import save_file
+
+        path = _feature_file(directory, group)
+        tmp = path.with_suffix(".tmp")
+        save_file(text.cache_state(), str(tmp))
+        tmp.replace(path)
 
 
 def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
@@ -202,6 +267,7 @@ def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
         t0 = time.perf_counter()
         train = grid.train_dataset.get(name) if isinstance(grid.train_dataset, dict) else grid.train_dataset
         run_dir = Path(grid.output_dir) / f"{name}_s{seed}"
+        group, encoded = None, 0
         if ceiling:
             model = build_ceiling(r, job.uncertain)
             res = train_ceiling(model, grid.manifest, r, run_dir, dataset=train, eval_fn=grid.curve,
@@ -210,18 +276,28 @@ def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
             scores = ceiling_retrieval(model.eval(), gallery, ks=grid.ks)
         else:
             text = shared_text_encoder(r.text, grid.text_encoders) if r.cache_text else None
+            group = (grid.text_groups or {}).get(name)
+            if group is not None:
+                text.cache_features(True)
+                if grid.feature_dir is not None:
+                    _adopt_text_features(text, grid.feature_dir, group, grid.text_groups)
+                held = text.cached_rows
             model = build_model(r, text_encoder=text)
             res = train_alignment(model, grid.manifest, r, run_dir, dataset=train, eval_fn=grid.curve,
                                   eval_every=grid.eval_every)
             scores = retrieval_eval(model, grid.gallery_manifest, r.image_size, ks=grid.ks,
                                     dataset=grid.gallery_dataset)
+            if group is not None:
+                if group.leader == (seed, name):
+                    _complete_and_publish(text, train, r.batch_size, grid.feature_dir, group)
+                encoded = text.cached_rows - held
         keep = seed in grid.keep
         state = None
         if keep and grid.return_state:  # the shared frozen text encoder stays behind
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()
                      if not (r.cache_text and k.startswith("text_encoder."))}
         result = RunResult(name, seed, r, model if keep and not grid.return_state else None, res.history, scores,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, encoded)
         out.append((result, state))
         if on_result is not None:
             on_result(result)
@@ -252,14 +328,24 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifes
     **Shared text encoder.** Recipes with ``cache_text`` and the same text config share one frozen
     text encoder per process, so each report is encoded once for the whole grid
     (:func:`shared_text_encoder`; ``text_encoders``: a dict of the caller's to keep them in,
-    filled in place, in this process).
+    filled in place, in this process). The runs that read one training set through one text
+    config form a *group*; its first run in grid order (the *leader*) encodes the reports as its
+    batches meet them, then the training reports it did not meet, and every other run of the
+    group reads those features. A report's features depend on the batch it was encoded in (float
+    rounding of padded shapes), so this rule — not the order in which workers happen to pick up
+    runs — decides them.
 
     **Workers.** Every (seed, variant) run is independent: with ``workers`` > 1 they train in
     that many spawned processes (:func:`run_chains`), each run with ``threads`` intra-op threads
     (default: this process's count shared among the workers). ``train_dataset`` and
-    ``gallery_dataset`` travel to the workers with what their item caches hold; each worker
-    encodes the reports once with its own copy of the text encoder. With ``threads`` given the
-    numbers do not depend on ``workers`` (a CPU's float reductions depend on the thread count).
+    ``gallery_dataset`` travel to the workers with what their item caches hold. The group
+    leaders run first, one after the other (each reads the features of the leaders before it),
+    beside the runs that read no text (the supervised ceilings); each leader publishes its
+    encoder's features (safetensors, in a temporary folder removed at the end) and the rest of its
+    group starts once it has, so the reports are encoded once for the grid, not once per worker.
+    With ``threads`` given the numbers do not depend on ``workers`` (a CPU's float reductions
+    depend on the thread count): ``workers=1`` runs the grid in order and meets the same rule.
+    Each result's ``encoded_texts`` says how many reports its run encoded itself.
 
     **Learning curves.** ``curve`` (a :class:`RetrievalCurve` on a validation gallery) is
     evaluated every ``eval_every`` optimizer steps and at the end of training; each result's
@@ -272,19 +358,41 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifes
     keep = set(seeds[:1] if keep_models is None else keep_models)
     jobs = [(seed, name) for seed in seeds for name in variants]
     parallel = workers > 1 and len(jobs) > 1
+    groups = _text_groups(variants, jobs, train_dataset)
     grid = _Grid(dict(variants), manifest, gallery_manifest, Path(output_dir), train_dataset, gallery_dataset, keep,
-                 tuple(ks), curve, int(eval_every), parallel, None if parallel else text_encoders)
+                 tuple(ks), curve, int(eval_every), parallel, None if parallel else text_encoders, groups)
     if not parallel:
         pairs = run_chains(functools.partial(_run_contrastive_chain, grid, on_result=on_result), [jobs],
                            workers=1, threads=threads)
     else:
+        import tempfile
+
         def done(res):
             for result, _ in res:
                 if on_result is not None:
                     on_result(result)
 
-        pairs = run_chains(functools.partial(_run_contrastive_chain, grid), [[j] for j in jobs], workers=workers,
-                           threads=threads, on_done=done)
+        # every group leader first (each after the one before), then the runs without text
+        # (ceilings), then the other runs, each after its group's leader has published
+        leaders = sorted({g.leader: g for g in groups.values()}.values(), key=lambda g: g.index)
+        lead = {g.leader for g in leaders}
+        order = ([g.leader for g in leaders] + [j for j in jobs if j[1] not in groups]
+                 + [j for j in jobs if j[1] in groups and j not in lead])
+        at = {j: i for i, j in enumerate(order)}
+
+        def parent(job):
+            g = groups.get(job[1])
+            if g is None:
+                return None
+            if job != g.leader:
+                return at[g.leader]
+            return at[leaders[g.index - 1].leader] if g.index else None
+
+        after = [parent(j) for j in order]
+        with tempfile.TemporaryDirectory(prefix="medalign-text-features-") as feature_dir:
+            grid = replace(grid, feature_dir=feature_dir if groups else None)
+            pairs = run_chains(functools.partial(_run_contrastive_chain, grid), [[j] for j in order], workers=workers,
+                               threads=threads, on_done=done, after=after)
     order = {j: i for i, j in enumerate(jobs)}
     out = []
     for result, state in sorted(pairs, key=lambda p: order[(p[0].seed, p[0].name)]):
@@ -442,38 +550,63 @@ def _in_worker(run_chain: Callable, chain, threads: int):
 
 
 def run_chains(run_chain: Callable[[list], list], chains: list[list], workers: int = 1, threads: int | None = None,
-               cost: Callable[[list], float] | None = None, on_done: Callable[[list], None] | None = None) -> list:
+               cost: Callable[[list], float] | None = None, on_done: Callable[[list], None] | None = None,
+               after: Sequence[int | None] | None = None) -> list:
     """``run_chain(chain)`` for every chain → the concatenated results.
 
     ``workers`` = 1 runs the chains here one after the other; more spawns that many CPU worker
     processes (``run_chain`` and the chains must pickle: a module-level function, or a
     ``functools.partial`` of one). Either way each chain runs with :func:`intra_op_threads`
     threads: with ``threads`` given, results do not depend on ``workers``. ``cost`` orders the chains for the pool
-    (the longest first); ``on_done`` is called here with each chain's results as it finishes
+    (the longest first; here they run in their given order); ``on_done`` is called here with each chain's results as it finishes
     (in completion order with workers, so sort the results afterwards if order matters).
+    ``after[i]``: the index of a chain that must have finished before chain ``i`` starts (None:
+    none); a chain is handed to the pool when its own is done, in the order above.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    after = list(after) if after is not None else [None] * len(chains)
+    if len(after) != len(chains):
+        raise ValueError(f"after has {len(after)} entries for {len(chains)} chains")
+    for i in range(len(chains)):  # every chain's line of predecessors must end: no cycle
+        j, seen = after[i], 0
+        while j is not None:
+            if not 0 <= j < len(chains) or seen > len(chains):
+                raise ValueError(f"after[{i}] leads to {j}: not a chain index, or a cycle")
+            j, seen = after[j], seen + 1
     n = intra_op_threads(workers, threads)
+    ordered = sorted(range(len(chains)), key=lambda i: -cost(chains[i])) if cost is not None else list(range(len(chains)))
     out: list = []
     if workers == 1 or len(chains) <= 1:
         with torch_threads(n):
-            for chain in chains:
-                res = run_chain(chain)
+            finished: set[int] = set()
+            while len(finished) < len(chains):
+                i = next(i for i in range(len(chains)) if i not in finished and (after[i] is None or after[i] in finished))
+                res = run_chain(chains[i])
+                finished.add(i)
                 if on_done is not None:
                     on_done(res)
                 out.extend(res)
         return out
     import functools
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    ordered = sorted(chains, key=lambda c: -cost(c)) if cost is not None else list(chains)
     with ProcessPoolExecutor(max_workers=min(workers, len(chains)), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(functools.partial(_in_worker, run_chain, chain, n)) for chain in ordered]
-        for f in as_completed(futures):
-            res = f.result()
-            if on_done is not None:
-                on_done(res)
-            out.extend(res)
+        running = {}
+
+        def submit(ready):
+            for i in ready:
+                running[pool.submit(functools.partial(_in_worker, run_chain, chains[i], n))] = i
+
+        submit([i for i in ordered if after[i] is None])
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                i = running.pop(f)
+                res = f.result()
+                if on_done is not None:
+                    on_done(res)
+                out.extend(res)
+                submit([k for k in ordered if after[k] == i])
     return out

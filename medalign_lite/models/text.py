@@ -164,6 +164,45 @@ class TextEncoder(nn.Module):
             self._cache = {}
         return self
 
+    @property
+    def cached_rows(self) -> int:
+        """How many rows the feature cache holds (0 when it is off)."""
+        return len(self._cache) if self._cache is not None else 0
+
+    def cache_state(self) -> dict[str, torch.Tensor]:
+        """The feature cache as flat tensors (for ``safetensors``; :meth:`load_cache_state` reads
+        it back): the row keys' bytes and lengths, the pooled vectors, the valid token rows
+        concatenated and their lengths. Empty when the cache is off or empty."""
+        if not self._cache:
+            return {}
+        keys = list(self._cache)
+        pooled, rows = zip(*(self._cache[k] for k in keys))
+        return {"keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8),
+                "key_lengths": torch.tensor([len(k) for k in keys], dtype=torch.int64),
+                "pooled": torch.stack(pooled).cpu(), "tokens": torch.cat(rows).cpu(),
+                "token_lengths": torch.tensor([r.shape[0] for r in rows], dtype=torch.int64)}
+
+    def load_cache_state(self, state: dict[str, torch.Tensor]) -> int:
+        """Add the rows of a :meth:`cache_state` that this cache does not hold yet (a row it
+        holds is kept as it is) → the number added. Turns the cache on. The features are those
+        of whoever computed them: share them only between encoders of the same config, weights
+        and thread count (what :func:`~medalign_lite.experiments.variants.run_variants` does)."""
+        self.cache_features(True)
+        if not state:
+            return 0
+        dev = next(self.parameters()).device
+        key_bytes = state["keys"].numpy().tobytes()
+        k_ends = state["key_lengths"].cumsum(0).tolist()
+        t_ends = state["token_lengths"].cumsum(0).tolist()
+        added, k0, t0 = 0, 0, 0
+        for n, (k1, t1) in enumerate(zip(k_ends, t_ends)):
+            key = key_bytes[k0:k1]
+            if key not in self._cache:
+                self._cache[key] = (state["pooled"][n].to(dev), state["tokens"][t0:t1].to(dev))
+                added += 1
+            k0, t0 = k1, t1
+        return added
+
     def _row_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   word_ids: torch.Tensor | None) -> list[bytes]:
         keep = attention_mask.bool().cpu()

@@ -3,6 +3,8 @@ frozen-text feature cache, the in-memory training set that the ablations of note
 and the variants grid with its summary table."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -118,7 +120,8 @@ def test_run_variants_keeps_the_first_seeds_model_whatever_the_seed(manifest, tm
 def test_run_variants_in_workers_equals_one_process_and_logs_a_learning_curve(manifest, tmp_path):
     """Two worker processes give the runs of one process bit for bit (one intra-op thread each);
     the kept model comes back around this process's shared text encoder; the validation curve
-    is logged every ``eval_every`` steps and at the end."""
+    is logged every ``eval_every`` steps and at the end. Each text group's leader (its first run)
+    encodes the reports and the rest of the group reads them, in workers as in one process."""
     from medalign_lite.data.manifest import load_manifest
     from medalign_lite.experiments.variants import RetrievalCurve, run_variants, shared_text_encoder
 
@@ -131,27 +134,33 @@ def test_run_variants_in_workers_equals_one_process_and_logs_a_learning_curve(ma
     full = _recipe(cache_text=True, augment=False, epochs=2, max_steps=3)
     variants = {"full": full, "no_bcga": _recipe(cache_text=True, augment=False, epochs=2, max_steps=3,
                                                  method_options={"use_bcga": False}),
-                "ceiling": SupervisedCeiling(full)}
-    kw = {"seeds": [0, 1], "manifest": manifest, "gallery_manifest": gallery, "train_dataset": train,
+                "ceiling": SupervisedCeiling(full), "findings only": full}
+    names = list(variants)
+    data = {n: train for n in names} | {"findings only": train.with_text(("findings",))}  # a second text group
+    kw = {"seeds": [0, 1], "manifest": manifest, "gallery_manifest": gallery, "train_dataset": data,
           "gallery_dataset": gal, "ks": (1, 2), "threads": 1, "curve": RetrievalCurve(gal, ks=(1,)), "eval_every": 2}
-    one = run_variants(variants, output_dir=tmp_path / "one", workers=1, **kw)
+    one = run_variants(variants, output_dir=tmp_path / "one", workers=1, text_encoders={}, **kw)  # a fresh encoder
     seen = []
     two = run_variants(variants, output_dir=tmp_path / "two", workers=2, on_result=lambda r: seen.append(r.name), **kw)
-    assert [(r.name, r.seed) for r in two] == [(n, s) for s in (0, 1) for n in ("full", "no_bcga", "ceiling")]
-    assert sorted(seen) == ["ceiling", "ceiling", "full", "full", "no_bcga", "no_bcga"]
+    assert [(r.name, r.seed) for r in two] == [(n, s) for s in (0, 1) for n in names]
+    assert sorted(seen) == sorted(names * 2)
+    leaders = {("full", 0), ("findings only", 0)}
+    for runs in (one, two):
+        assert {(r.name, r.seed) for r in runs if r.encoded_texts} == leaders
+        assert next(r for r in runs if (r.name, r.seed) == ("full", 0)).encoded_texts >= len(train)
     for a, b in zip(one, two):
         losses = [[h["loss"] for h in r.history if "loss" in h] for r in (a, b)]
         key = "i2i_P@1" if a.name == "ceiling" else "i2t_P@1"  # the ceiling: image→image
         assert a.retrieval[key] == b.retrieval[key] and losses[0] == losses[1] and losses[0]
         assert a.curve(f"val_{key}") == b.curve(f"val_{key}")
         assert a.curve(f"val_{key}")[0] == [2, 3]  # every 2 steps, and at the end of the 3
-    for a, b in zip(one[:3], two[:3]):  # the first seed's models are kept
+    for a, b in zip(one[:4], two[:4]):  # the first seed's models are kept
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
         if b.name != "ceiling":
             assert b.model.text_encoder is shared_text_encoder(b.recipe.text)
     assert isinstance(two[2].model, LabelCeiling)
-    assert all(r.model is None for r in one[3:] + two[3:])
+    assert all(r.model is None for r in one[4:] + two[4:])
 
 
 def test_recipe_from_config_reads_every_section_and_checks_keys():
@@ -226,3 +235,20 @@ def test_restrict_grounding_scores_the_same_phrases_again():
     for k in ("pointing_game", "pointing_patch", "mask_auroc"):
         assert sub[k] == pytest.approx(direct[k])
     assert restrict_grounding(g, {"pneumothorax"}) == {"n_phrases": 0}
+
+
+def _record(log, chain):
+    log.append(chain[0])
+    return [chain[0]]
+
+
+def test_run_chains_after_holds_a_chain_back_until_its_predecessor_ran():
+    from medalign_lite.experiments.variants import run_chains
+
+    log = []
+    out = run_chains(functools.partial(_record, log), [["a"], ["b"], ["c"], ["d"]], after=[None, 2, None, 1])
+    assert log == out == ["a", "c", "b", "d"]
+    with pytest.raises(ValueError, match="cycle"):
+        run_chains(functools.partial(_record, []), [["a"], ["b"]], after=[1, 0])
+    with pytest.raises(ValueError, match="entries"):
+        run_chains(functools.partial(_record, []), [["a"], ["b"]], after=[None])

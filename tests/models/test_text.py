@@ -215,3 +215,24 @@ def test_feature_cache_refuses_a_trainable_encoder(tiny_tokenizer_dir):
     tok = enc.tokenize(TEXTS)
     with pytest.raises(RuntimeError, match="frozen"):
         enc(tok["input_ids"], tok["attention_mask"], tok["word_ids"])
+
+
+def test_feature_cache_travels_as_tensors_and_keeps_the_rows_it_holds(tiny_tokenizer_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _tiny(tiny_tokenizer_dir).requires_grad_(False).cache_features()
+    assert src.cache_state() == {} and src.cached_rows == 0
+    ref = src.encode(TEXTS[:2])
+    save_file(src.cache_state(), str(tmp_path / "f.safetensors"))
+    dst = _tiny(tiny_tokenizer_dir).requires_grad_(False)
+    mine = dst.cache_features().encode(TEXTS[1:2])
+    (key, (pooled, tokens)), = dst._cache.items()
+    dst._cache[key] = (pooled + 1, tokens)  # marked: a row it holds already must stay its own
+    assert dst.load_cache_state(load_file(str(tmp_path / "f.safetensors"))) == 1 and dst.cached_rows == 2
+    calls = []
+    dst.model.register_forward_hook(lambda m, i, o: calls.append(i))
+    got = dst.encode(TEXTS[:2])
+    assert not calls  # both rows from the cache
+    torch.testing.assert_close(got.pooled[0], ref.pooled[0])
+    torch.testing.assert_close(got.tokens[0][got.mask[0]], ref.tokens[0][ref.mask[0]])
+    torch.testing.assert_close(got.pooled[1], mine.pooled[0] + 1)
