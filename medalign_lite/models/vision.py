@@ -88,6 +88,13 @@ class VisionConfig:
             2–3× faster than fp32: ``medalign bench``), fp32 elsewhere — on a GPU the trainer's
             mixed precision decides. The result depends on the choice (and so on the CPU with
             ``"auto"``): it is part of a cache key like any other field.
+        channels_last: keep a CNN's weights (and so its activations) in channels-last memory
+            order (NHWC). Under bf16 on a CPU the convolutions run channels-last anyway (the
+            input is converted), and with weights stored channels-first oneDNN reorders every
+            weight in every forward and backward: storing them channels-last saves 11–16 % of a
+            tutorial AGA step on our 2-core CPU (``benchmarks/RESULTS.md``). The numbers change
+            in the last bits (other kernels), so it is a config field, not a silent switch;
+            CNN encoders only.
     """
 
     name: str = "tiny_cnn"
@@ -101,6 +108,7 @@ class VisionConfig:
     hidden_layer: int = -1
     allow_download: bool = False
     precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self):
         if self.in_chans not in (1, 3):
@@ -194,6 +202,10 @@ class ImageEncoder(nn.Module):
         self.n_prefix = n_prefix
         self.patch_size = patch_size
         self.interpolate_pos = interpolate_pos
+        if cfg.channels_last:
+            if family not in ("tiny", "timm_cnn"):
+                raise ValueError(f"channels_last applies to CNN encoders, not {cfg.name!r} ({family})")
+            backbone.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> ImageFeatures:
         """images (B, C, H, W), C = ``cfg.in_chans`` → ImageFeatures(pooled (B, Dg),
@@ -202,6 +214,8 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"{self.cfg.name} expects images (B, {self.cfg.in_chans}, H, W), "
                              f"got {tuple(images.shape)}")
         if not self._bf16(images.device):
+            if self.cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             return self._forward(images)
         if self.family in ("tiny", "timm_cnn"):
             images = images.contiguous(memory_format=torch.channels_last)

@@ -190,3 +190,28 @@ def test_bf16_precision_gives_float32_features_close_to_fp32_and_auto_follows_th
     assert torch.equal(auto(x).patches, bf16(x).patches)
     with pytest.raises(ValueError, match="precision"):
         V.VisionConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_channels_last_stores_cnn_weights_nhwc_computes_the_same_features_and_saves_plain(precision, tmp_path):
+    from medalign_lite.train.checkpoints import load_weights, save_weights
+
+    torch.manual_seed(0)
+    plain = build_image_encoder(VisionConfig(name="tiny_cnn", image_size=64, precision=precision)).eval()
+    nhwc = build_image_encoder(VisionConfig(name="tiny_cnn", image_size=64, precision=precision,
+                                            channels_last=True)).eval()
+    nhwc.load_state_dict(plain.state_dict())  # copied into the NHWC weights, which stay NHWC
+    w = nhwc.backbone.layer1[0].weight  # (the stem's single input channel makes both orders alike)
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    x = torch.randn(2, 1, 64, 64)
+    a, b = plain(x), nhwc(x)
+    assert a.grid == b.grid and b.patches.shape == a.patches.shape
+    torch.testing.assert_close(b.patches, a.patches, **({"atol": 1e-5, "rtol": 1e-4} if precision == "fp32" else
+                                                        {"atol": 0.05, "rtol": 0.05}))
+    b.pooled.sum().backward()
+    assert w.grad is not None
+    save_weights(nhwc.state_dict(), tmp_path / "w.safetensors")  # safetensors wants contiguous tensors
+    plain.load_state_dict(load_weights(tmp_path / "w.safetensors"))
+    assert torch.equal(plain.backbone.layer1[0].weight, w)
+    with pytest.raises(ValueError, match="CNN encoders"):
+        build_image_encoder(VisionConfig(name="hf:x", hf_config=TINY_DINO, image_size=56, channels_last=True))
