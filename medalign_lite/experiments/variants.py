@@ -344,7 +344,9 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifes
     encoder's features (safetensors, in a temporary folder removed at the end) and the rest of its
     group starts once it has, so the reports are encoded once for the grid, not once per worker.
     With ``threads`` given the numbers do not depend on ``workers`` (a CPU's float reductions
-    depend on the thread count): ``workers=1`` runs the grid in order and meets the same rule.
+    depend on the thread count): ``workers=1`` runs the grid in order and meets the same rule
+    (when its shared encoder holds nothing yet: features a caller's ``text_encoders`` already
+    holds are used as they are).
     Each result's ``encoded_texts`` says how many reports its run encoded itself.
 
     **Learning curves.** ``curve`` (a :class:`RetrievalCurve` on a validation gallery) is
