@@ -224,15 +224,20 @@ def _feature_file(directory: str, group: _TextGroup) -> Path:
     return Path(directory) / f"text_features_{group.index}.safetensors"
 
 
+#: (folder, group index) of the published features this process has read already.
+_ADOPTED: set[tuple[str, int]] = set()
+
+
 def _adopt_text_features(text: nn.Module, directory: str, group: _TextGroup, groups: dict) -> None:
     """Load the features that the leaders of ``group`` and of every earlier group with the same
-    text config published (rows already held are kept)."""
+    text config published (rows already held are kept; each file is read once per process)."""
     from safetensors.torch import load_file
 
     for g in sorted({g for g in groups.values() if g.config == group.config and g.index <= group.index},
                     key=lambda g: g.index):
-        if _feature_file(directory, g).exists():
+        if (directory, g.index) not in _ADOPTED and _feature_file(directory, g).exists():
             text.load_cache_state(load_file(str(_feature_file(directory, g))))
+            _ADOPTED.add((directory, g.index))
 
 
 def _complete_and_publish(text: nn.Module, train, batch_size: int, directory: str | None, group: _TextGroup) -> None:
@@ -250,6 +255,7 @@ def _complete_and_publish(text: nn.Module, train, batch_size: int, directory: st
         tmp = path.with_suffix(".tmp")
         save_file(text.cache_state(), str(tmp))
         tmp.replace(path)
+        _ADOPTED.add((directory, group.index))  # this process holds them already
 
 
 def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
