@@ -240,10 +240,12 @@ def _adopt_text_features(text: nn.Module, directory: str, group: _TextGroup, gro
             _ADOPTED.add((directory, g.index))
 
 
-def _complete_and_publish(text: nn.Module, train, batch_size: int, directory: str | None, group: _TextGroup) -> None:
+def _complete_and_publish(text: nn.Module, train, batch_size: int, directory: str | None, group: _TextGroup,
+                          held: int) -> None:
     """A group leader, after its run: encode the training reports its run did not meet (in
-    dataset order: a short run sees only some), then publish the whole cache for the group's
-    other runs (written to a temporary name, then renamed: a reader never sees half a file)."""
+    dataset order: a short run sees only some), then publish the rows it added to the ``held``
+    it started with — the earlier groups' files hold the rest — for the group's other runs
+    (written to a temporary name, then renamed: a reader never sees half a file)."""
     if train is not None:
         texts = list(train.texts)
         for s in range(0, len(texts), batch_size):
@@ -253,7 +255,7 @@ def _complete_and_publish(text: nn.Module, train, batch_size: int, directory: st
 
         path = _feature_file(directory, group)
         tmp = path.with_suffix(".tmp")
-        save_file(text.cache_state(), str(tmp))
+        save_file(text.cache_state(since=held), str(tmp))
         tmp.replace(path)
         _ADOPTED.add((directory, group.index))  # this process holds them already
 
@@ -295,7 +297,7 @@ def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
                                     dataset=grid.gallery_dataset)
             if group is not None:
                 if group.leader == (seed, name):
-                    _complete_and_publish(text, train, r.batch_size, grid.feature_dir, group)
+                    _complete_and_publish(text, train, r.batch_size, grid.feature_dir, group, held)
                 encoded = text.cached_rows - held
         keep = seed in grid.keep
         state = None
@@ -346,8 +348,8 @@ def run_variants(variants: dict, seeds: Sequence[int], manifest, gallery_manifes
     (default: this process's count shared among the workers). ``train_dataset`` and
     ``gallery_dataset`` travel to the workers with what their item caches hold. The group
     leaders run first, one after the other (each reads the features of the leaders before it),
-    beside the runs that read no text (the supervised ceilings); each leader publishes its
-    encoder's features (safetensors, in a temporary folder removed at the end) and the rest of its
+    beside the runs that read no text (the supervised ceilings); each leader publishes the
+    features it encoded (safetensors, in a temporary folder removed at the end) and the rest of its
     group starts once it has, so the reports are encoded once for the grid, not once per worker.
     With ``threads`` given the numbers do not depend on ``workers`` (a CPU's float reductions
     depend on the thread count): ``workers=1`` runs the grid in order and meets the same rule

@@ -169,13 +169,15 @@ class TextEncoder(nn.Module):
         """How many rows the feature cache holds (0 when it is off)."""
         return len(self._cache) if self._cache is not None else 0
 
-    def cache_state(self) -> dict[str, torch.Tensor]:
+    def cache_state(self, since: int = 0) -> dict[str, torch.Tensor]:
         """The feature cache as flat tensors (for ``safetensors``; :meth:`load_cache_state` reads
         it back): the row keys' bytes and lengths, the pooled vectors, the valid token rows
-        concatenated and their lengths. Empty when the cache is off or empty."""
-        if not self._cache:
+        concatenated and their lengths. ``since``: only the rows added after the first ``since``
+        (rows are kept in the order they were added; :attr:`cached_rows` before some work gives
+        the rows that work added). Empty when there are none."""
+        keys = list(self._cache or {})[since:]
+        if not keys:
             return {}
-        keys = list(self._cache)
         pooled, rows = zip(*(self._cache[k] for k in keys))
         return {"keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8),
                 "key_lengths": torch.tensor([len(k) for k in keys], dtype=torch.int64),

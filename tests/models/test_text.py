@@ -223,6 +223,7 @@ def test_feature_cache_travels_as_tensors_and_keeps_the_rows_it_holds(tiny_token
     src = _tiny(tiny_tokenizer_dir).requires_grad_(False).cache_features()
     assert src.cache_state() == {} and src.cached_rows == 0
     ref = src.encode(TEXTS[:2])
+    assert src.cache_state(since=1)["key_lengths"].numel() == 1 and src.cache_state(since=2) == {}
     save_file(src.cache_state(), str(tmp_path / "f.safetensors"))
     dst = _tiny(tiny_tokenizer_dir).requires_grad_(False)
     mine = dst.cache_features().encode(TEXTS[1:2])
