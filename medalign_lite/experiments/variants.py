@@ -285,8 +285,7 @@ def _run_contrastive_chain(grid: _Grid, jobs: Sequence[tuple[int, str]],
         else:
             text = shared_text_encoder(r.text, grid.text_encoders) if r.cache_text else None
             group = (grid.text_groups or {}).get(name)
-            if group is not None:
-                text.cache_features(True)
+            if group is not None:  # (build_model turns the cache on; adopting turns it on first)
                 if grid.feature_dir is not None:
                     _adopt_text_features(text, grid.feature_dir, group, grid.text_groups)
                 held = text.cached_rows

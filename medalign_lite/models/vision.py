@@ -91,8 +91,8 @@ class VisionConfig:
         channels_last: keep a CNN's weights (and so its activations) in channels-last memory
             order (NHWC). Under bf16 on a CPU the convolutions run channels-last anyway (the
             input is converted), and with weights stored channels-first oneDNN reorders every
-            weight in every forward and backward: storing them channels-last saves 11–16 % of a
-            tutorial AGA step on our 2-core CPU (``benchmarks/RESULTS.md``). The numbers change
+            weight in every forward and backward: storing them channels-last saves about 11 % of
+            a tutorial AGA step on our 2-core CPU (``benchmarks/RESULTS.md``). The numbers change
             in the last bits (other kernels), so it is a config field, not a silent switch;
             CNN encoders only.
     """
