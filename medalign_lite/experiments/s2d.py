@@ -100,8 +100,10 @@ __all__ = [
     "LMPretrainConfig",
     "S2DExperiment",
     "curriculum_stage",
+    "encoder_recipe",
     "independent_memory_state",
     "load_s2d_experiment",
+    "prepare_encoder",
     "prepare_s2d",
     "trainable_for",
     "variant_model_options",
@@ -210,48 +212,65 @@ def load_s2d_experiment(config: str | Path = "s2d_tiny", overrides: Sequence[str
     return exp
 
 
+def encoder_recipe(exp: S2DExperiment, seed: int = 0):
+    """The ConVIRT recipe of an experiment's aligned stand-in encoder (``exp.encoder.align``):
+    ``configs/convirt_tiny.yaml`` at ``exp.vision``'s name and size, plus ``exp.encoder.overrides``,
+    seeded with ``seed`` (:func:`~medalign_lite.experiments.pretrain.default_encoder_recipe`); None
+    when the experiment loads published weights instead. S2D's and ExGra-Med's tiny configs give
+    the same recipe, hence the same cache entry."""
+    from .pretrain import default_encoder_recipe
+
+    if not exp.encoder.align:
+        return None
+    return default_encoder_recipe([f"vision.name={exp.vision.name}", f"vision.image_size={exp.vision.image_size}",
+                                   *exp.encoder.overrides], seed=seed)
+
+
+def prepare_encoder(exp: S2DExperiment, train_manifest, seed: int = 0, progress: bool = False, curve=None,
+                    eval_every: int = 0) -> nn.Module:
+    """The frozen image encoder of an experiment, on the CPU: with ``exp.encoder.align`` the
+    ConVIRT-aligned stand-in (:func:`encoder_recipe`), trained once on ``train_manifest`` (a path,
+    or the list :func:`~medalign_lite.data.ensure_iu_phantom` gives) and cached
+    (:func:`~medalign_lite.experiments.pretrain.pretrained_vision_encoder`; ``curve``,
+    ``eval_every``: its learning curve while it trains); otherwise ``exp.vision`` with its
+    published weights, frozen."""
+    from ..models.vision import build_image_encoder
+    from ..nn import freeze
+    from .pretrain import pretrained_vision_encoder
+
+    recipe = encoder_recipe(exp, seed)
+    if recipe is None:
+        return freeze(build_image_encoder(replace(exp.vision, pretrained=True)))
+    return pretrained_vision_encoder(train_manifest, recipe, progress=progress, curve=curve, eval_every=eval_every)
+
+
 def prepare_s2d(exp: S2DExperiment, train_manifest, train_texts: Sequence[str], seed: int = 0,
                 device: str = "auto", progress: bool = False, curve=None, eval_every: int = 0
                 ) -> tuple[nn.Module, LLMConfig, dict]:
     """The frozen image encoder and the LM of an experiment → (encoder on ``device``, the
     :class:`LLMConfig` every variant loads, info).
 
-    - Encoder: with ``exp.encoder.align`` the ConVIRT-aligned stand-in (``vision.name`` at
-      ``vision.image_size``, ``convirt_tiny.yaml`` + ``exp.encoder.overrides``, seeded with
-      ``seed``), trained once on ``train_manifest`` (a path, or the list
-      :func:`~medalign_lite.data.ensure_iu_phantom` gives) and cached
-      (:func:`~medalign_lite.experiments.pretrain.pretrained_vision_encoder`); otherwise
-      ``exp.vision`` with its published weights, frozen.
+    - Encoder: :func:`prepare_encoder` (with ``exp.encoder.align`` the ConVIRT-aligned stand-in,
+      trained once on ``train_manifest`` and cached; ``curve``, ``eval_every``: its learning
+      curve while it trains); otherwise ``exp.vision`` with its published weights, frozen.
     - LM: ``llm.name == "tiny"`` pre-trains the tiny Llama on ``train_texts`` once
       (:func:`~medalign_lite.experiments.pretrain.pretrain_report_lm` with ``exp.lm_pretrain``,
       cached) and returns ``exp.llm`` pointing at its folder; a real LLM is returned as
       configured (LoRA settings included).
 
     ``info``: ``{"encoder": alignment_info or None, "encoder_seconds", "lm": pretrain.json
-    contents or None, "lm_seconds"}``; ``curve``, ``eval_every``: the aligned encoder's learning
-    curve while it trains (:func:`~medalign_lite.experiments.pretrain.pretrained_vision_encoder`).
+    contents or None, "lm_seconds"}``.
     """
     import json
 
-    from ..models.vision import build_image_encoder
-    from ..nn import freeze
     from ..utils import resolve_device
-    from .pretrain import (
-        default_encoder_recipe,
-        pretrain_report_lm,
-        pretrained_vision_encoder,
-    )
+    from .pretrain import pretrain_report_lm
 
     info: dict = {"encoder": None, "lm": None}
     t = time.perf_counter()
+    encoder = prepare_encoder(exp, train_manifest, seed=seed, progress=progress, curve=curve, eval_every=eval_every)
     if exp.encoder.align:
-        recipe = default_encoder_recipe([f"vision.name={exp.vision.name}", f"vision.image_size={exp.vision.image_size}",
-                                         *exp.encoder.overrides], seed=seed)
-        encoder = pretrained_vision_encoder(train_manifest, recipe, progress=progress, curve=curve,
-                                            eval_every=eval_every)
         info["encoder"] = dict(encoder.alignment_info)
-    else:
-        encoder = freeze(build_image_encoder(replace(exp.vision, pretrained=True)))
     info["encoder_seconds"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     llm = exp.llm

@@ -566,11 +566,16 @@ def run_chains(run_chain: Callable[[list], list], chains: list[list], workers: i
     ``workers`` = 1 runs the chains here one after the other; more spawns that many CPU worker
     processes (``run_chain`` and the chains must pickle: a module-level function, or a
     ``functools.partial`` of one). Either way each chain runs with :func:`intra_op_threads`
-    threads: with ``threads`` given, results do not depend on ``workers``. ``cost`` orders the chains for the pool
-    (the longest first; here they run in their given order); ``on_done`` is called here with each chain's results as it finishes
-    (in completion order with workers, so sort the results afterwards if order matters).
-    ``after[i]``: the index of a chain that must have finished before chain ``i`` starts (None:
-    none); a chain is handed to the pool when its own is done, in the order above.
+    threads: with ``threads`` given, results do not depend on ``workers``. ``on_done`` is called
+    here with each chain's results as it finishes (in completion order with workers, so sort the
+    results afterwards if order matters). ``after[i]``: the index of a chain that must have
+    finished before chain ``i`` starts (None: none).
+
+    Scheduling (workers > 1; only the wall time depends on it): whenever a worker is free it
+    starts the first *ready* chain (its ``after`` done) in the order of ``cost``, the highest
+    first (without ``cost``: the given order), so a chain that becomes ready late still goes
+    before cheaper ones. With one worker the chains run in their given order, each once its
+    ``after`` is done.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -601,21 +606,27 @@ def run_chains(run_chain: Callable[[list], list], chains: list[list], workers: i
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(chains)), mp_context=mp.get_context("spawn")) as pool:
-        running = {}
+    size = min(workers, len(chains))
+    with ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context("spawn")) as pool:
+        running, waiting, finished = {}, list(ordered), set()
 
-        def submit(ready):
-            for i in ready:
+        def fill():  # never more chains in the pool than workers: the pool's own queue is FIFO
+            while len(running) < size:
+                i = next((i for i in waiting if after[i] is None or after[i] in finished), None)
+                if i is None:
+                    return
+                waiting.remove(i)
                 running[pool.submit(functools.partial(_in_worker, run_chain, chains[i], n))] = i
 
-        submit([i for i in ordered if after[i] is None])
+        fill()
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in done:
                 i = running.pop(f)
                 res = f.result()
+                finished.add(i)
                 if on_done is not None:
                     on_done(res)
                 out.extend(res)
-                submit([k for k in ordered if after[k] == i])
+            fill()
     return out

@@ -230,8 +230,44 @@ def test_every_method_and_seed_is_one_job_and_exgramed_runs_its_seeds_together()
 
     plans = B.plan_methods()
     jobs = _jobs(plans, [0, 1], ceiling=True)
-    assert jobs[0] == ("exgramed", (0, 1))  # its driver makes the seed-0 stand-ins once for every seed
-    pairs = [(n, s) for n, seeds in jobs for s in seeds]
+    assert jobs[0] == (B.ENCODER_JOB, (0,))  # S2D's and ExGra-Med's frozen encoder, aligned once
+    assert jobs[1] == ("exgramed", (0, 1))  # its driver makes the seed-0 stand-ins once for every seed
+    pairs = [(n, s) for n, seeds in jobs[1:] for s in seeds]
     expected = [(n, s) for n in [*plans, B.CEILING] for s in (0, 1)]
     assert sorted(pairs) == sorted(expected) and len(pairs) == len(set(pairs))
     assert not any(n == B.CEILING for n, _ in _jobs(plans, [0], ceiling=False))
+    assert not any(n == B.ENCODER_JOB for n, _ in _jobs(B.plan_methods(["convirt", "aga"]), [0], ceiling=True))
+
+
+def test_the_generators_wait_for_their_encoder_and_the_longest_line_of_work_starts_first():
+    from medalign_lite.experiments.benchmark.runs import _jobs, _schedule
+
+    jobs = _jobs(B.plan_methods(), [0, 1], ceiling=True)
+    after, priority = _schedule(jobs)
+    names = [n for n, _ in jobs]
+    enc = names.index(B.ENCODER_JOB)
+    assert {names[i] for i, a in enumerate(after) if a == enc} == {"s2d", "exgramed"}
+    assert all(a is None for i, a in enumerate(after) if names[i] not in ("s2d", "exgramed"))
+    s2d = [i for i, n in enumerate(names) if n == "s2d"]
+    assert len(s2d) == 2  # one job per seed, each after the encoder
+    exg = names.index("exgramed")  # both seeds in one job: twice its seconds
+    assert priority[exg] == 2 * B.JOB_SECONDS["exgramed"]
+    assert priority[enc] == B.JOB_SECONDS[B.ENCODER_JOB] + max(priority[i] for i in (exg, *s2d))
+    assert max(range(len(jobs)), key=priority.__getitem__) == enc
+
+
+def test_the_encoder_job_makes_the_cache_entry_the_generators_load(tmp_path, monkeypatch):
+    """The encoder job calls prepare_encoder as S2D's driver will: same recipe, manifests, seed."""
+    from medalign_lite.experiments import s2d as S
+    from medalign_lite.experiments.benchmark import runs as R
+
+    calls = []
+    monkeypatch.setattr(S, "prepare_encoder", lambda exp, manifests, seed=0, **kw: calls.append(
+        (S.encoder_recipe(exp, seed), list(manifests), seed)))
+    plans = B.plan_methods(["s2d", "convirt"])
+    data = R.BenchmarkData([tmp_path / "iu.csv", tmp_path / "extra.csv"], tmp_path / "g.csv", tmp_path / "v.csv")
+    ctx = R._Context(plans, data, tmp_path, "cpu", False, 3, False)
+    assert R.run_job(ctx, (B.ENCODER_JOB, (3,))) == []
+    exp = R._load_s2d(plans["s2d"])
+    assert calls == [(S.encoder_recipe(exp, 3), data.train_manifests, 3)]
+    assert S.encoder_recipe(exp, 3).seed == 3 and S.encoder_recipe(exp, 3).method == "convirt"

@@ -242,6 +242,29 @@ def _record(log, chain):
     return [chain[0]]
 
 
+def _timed(chain):
+    import time
+
+    name, sleep = chain[0]
+    start = time.time()
+    time.sleep(sleep)
+    return [(name, start)]
+
+
+def test_run_chains_starts_the_costliest_ready_chain_when_a_worker_frees():
+    """Two workers: when A ends, C (ready only then, cost 9) starts before L1 and L2 (ready from
+    the start, cost 1); a FIFO queue would have run them first."""
+    from medalign_lite.experiments.variants import run_chains
+
+    chains = [[("A", 0.0)], [("X", 5.0)], [("L1", 0.0)], [("L2", 0.0)], [("C", 0.0)]]
+    cost = {"A": 10, "X": 8, "C": 9, "L1": 1, "L2": 1}
+    out = run_chains(_timed, chains, workers=2, threads=1, cost=lambda c: cost[c[0][0]],
+                     after=[None, None, None, None, 0])
+    start = dict(out)
+    assert sorted(start) == ["A", "C", "L1", "L2", "X"]
+    assert start["A"] <= start["C"] <= min(start["L1"], start["L2"])
+
+
 def test_run_chains_after_holds_a_chain_back_until_its_predecessor_ran():
     from medalign_lite.experiments.variants import run_chains
 

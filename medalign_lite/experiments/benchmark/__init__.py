@@ -21,7 +21,9 @@ from .results import (
     write_readme_table,
 )
 from .runs import (
+    ENCODER_JOB,
     GENERATOR_RUNNERS,
+    JOB_SECONDS,
     PROBE_FRACTIONS,
     REPORT_COLUMNS,
     SMOKE_DUAL_OVERRIDES,
@@ -35,7 +37,7 @@ from .runs import (
     run_job,
 )
 
-__all__ = ["CEILING", "GENERATOR_RUNNERS", "PROBE_FRACTIONS", "README_BEGIN", "README_END", "REPORT_COLUMNS",
+__all__ = ["CEILING", "ENCODER_JOB", "GENERATOR_RUNNERS", "JOB_SECONDS", "PROBE_FRACTIONS", "README_BEGIN", "README_END", "REPORT_COLUMNS",
            "SMOKE_DUAL_OVERRIDES", "TABLE_COLUMNS", "TASKS", "BenchmarkData", "BenchmarkResults", "JobResult",
            "MethodPlan", "ceiling_recipe", "format_cell", "interval", "paper_scale_notes", "plan_methods", "prepare_data", "readme_table",
            "register_runner", "run_benchmark", "run_job", "table_rows", "write_readme_table"]

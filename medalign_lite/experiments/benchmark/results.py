@@ -128,6 +128,9 @@ class BenchmarkResults:
     seconds: float = 0.0
     #: the reference reports of the generation test split (the claims' CE labels)
     references: list[str] | None = None
+    #: when each job ran: ``{"job", "seeds", "worker" (1, 2, …), "start_s", "end_s"}`` in seconds
+    #: from the start of the run, in start order (where the wall time went)
+    timeline: list[dict] = field(default_factory=list)
 
     # ------------------------------------------------------------------ views
     def systems(self) -> list[str]:
@@ -324,6 +327,7 @@ class BenchmarkResults:
                             "batch_size": p.batch_size, "kind": p.kind} for n, p in self.plans.items()}
         out["seeds"] = list(self.seeds)
         out["seconds/jobs"] = self.seconds
+        out["timeline"] = [dict(s) for s in self.timeline]
         if claims:
             out.update(claims_metrics(claims))
         return out
