@@ -40,6 +40,8 @@ VARIANTS: dict[str, Variant] = {
     "fixed_thresholds": Variant(("model.fixed_thresholds=true",), label="fixed thresholds"),
     "global_only": Variant(("model.global_only=true",), label="global loss only"),
     "gloria": Variant(method="gloria", label="GLoRIA (cross-pair baseline)"),
+    # ours, not in the paper: IGA's groups contrasted across the batch's pairs (AGAConfig.iga_scope)
+    "cross_pair": Variant(("model.iga_scope=batch",), label="IGA across pairs (ours)"),
 }
 
 #: What a smoke run (seconds: the notebook's ``smoke=True``, nbval) changes on the tutorial config.

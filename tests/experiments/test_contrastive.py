@@ -191,6 +191,7 @@ def test_aga_variant_table_changes_only_what_it_names():
     assert full.method_options == {"gamma_tg": 0.999} and full.max_steps == 7 and full.seed == 2
     assert full.text_columns == ("structured_findings", "structured_impression")
     assert recipes["fixed_thresholds"].method_options == {"gamma_tg": 0.999, "fixed_thresholds": True}
+    assert recipes["cross_pair"].method_options == {"gamma_tg": 0.999, "iga_scope": "batch"}
     g = recipes["gloria"]  # the cross-pair baseline: same data, budget and encoders, its own loss
     assert g.method == "gloria" and g.method_options == {} and (g.vision, g.text, g.max_steps, g.text_columns) == (
         full.vision, full.text, full.max_steps, full.text_columns)

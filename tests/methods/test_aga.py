@@ -18,6 +18,7 @@ from medalign_lite.methods.aga import (
     AGAConfig,
     AGAHead,
     build_aga,
+    cross_pair_group_loss,
     minmax_normalize,
     momentum_update,
     threshold_gate,
@@ -171,6 +172,68 @@ def test_batched_head_matches_per_pair_reference(b, t, p, d, seed, sigma, fixed,
         assert abs(float(out[k]) - want[k]) < 1e-9, (k, float(out[k]), want[k])
     assert abs(float(out["sigma_tg"]) - sigma_tg) < 1e-12
     assert abs(float(out["sigma_vg"]) - sum(sigma_vg) / b) < 1e-12
+
+
+def _cross_reference(tokens, patches, mask, sigma, tau):
+    """cross_pair_group_loss one (report, image) pair at a time: report i's valid tokens gated over
+    image k's patches, their groups, the mean cosine with the tokens; then the two cross-entropies."""
+    b = tokens.shape[0]
+    z = torch.zeros(b, b, dtype=tokens.dtype) + 0 * tokens.sum()     # a report without a token scores 0
+    for i in range(b):
+        t = tokens[i][mask[i]]
+        for k in range(b):
+            if len(t) == 0:
+                continue
+            s = t @ patches[k].T                                          # (M_i, P)
+            lo, hi = s.min(1, keepdim=True).values, s.max(1, keepdim=True).values
+            flat = (hi - lo) <= 1e-6
+            sn = torch.where(flat, torch.ones_like(s), (s - lo) / torch.where(flat, torch.ones_like(hi), hi - lo))
+            w = torch.where(sn >= min(max(sigma, 0.0), 1.0), sn, torch.zeros_like(sn))
+            grp = (w @ patches[k]) / w.sum(1, keepdim=True)
+            z[i, k] = (F.normalize(grp, dim=1) * t).sum(1).mean()        # inputs are unit vectors: φ = dot
+    target = torch.arange(b)
+    return F.cross_entropy(z / tau, target), F.cross_entropy(z.T / tau, target)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 4), t=st.integers(1, 6), p=st.integers(1, 7), seed=st.integers(0, 10_000),
+       sigma=st.sampled_from([0.0, 0.3, 0.7, 1.0, 1.5]))
+def test_cross_pair_group_loss_matches_a_pair_by_pair_reference(b, t, p, seed, sigma):
+    g = torch.Generator().manual_seed(seed)
+    tokens = F.normalize(torch.randn(b, t, 5, generator=g, dtype=torch.float64), dim=-1).requires_grad_(True)
+    patches = F.normalize(torch.randn(b, p, 5, generator=g, dtype=torch.float64), dim=-1).requires_grad_(True)
+    mask = torch.rand(b, t, generator=g) < 0.7
+    got = cross_pair_group_loss(tokens, patches, mask, sigma, 0.1)
+    want = _cross_reference(tokens, patches, mask, sigma, 0.1)
+    for a, w in zip(got, want):
+        a, w = float(a.detach()), float(w.detach())
+        assert math.isfinite(a) and abs(a - w) < 1e-9, (a, w)
+    ga = torch.autograd.grad(sum(got), [tokens, patches], allow_unused=True)
+    gw = torch.autograd.grad(sum(want), [tokens, patches], allow_unused=True)
+    for a, w, x in zip(ga, gw, (tokens, patches)):
+        a = torch.zeros_like(x) if a is None else a
+        w = torch.zeros_like(x) if w is None else w
+        assert torch.allclose(a, w, atol=1e-9), float((a - w).abs().max())
+
+
+def test_iga_across_pairs_replaces_the_within_pair_terms_and_sees_other_images():
+    """iga_scope='batch': loss_tf / loss_vf are the cross-pair loss at σ_tg; BCGA and L_g stay; a
+    change of another pair's image changes pair 0's IGA terms (within the pair it cannot)."""
+    from medalign_lite.nn import l2norm
+
+    x = _inputs(3, 5, 6, 4, 7)
+    pair, batch = _head(4, sigma_init=0.4).eval(), _head(4, sigma_init=0.4, iga_scope="batch").eval()
+    out, ref = batch(*x), pair(*x)
+    want = cross_pair_group_loss(l2norm(x[2]), l2norm(x[0]), x[3], float(batch.gate_tg.sigma), 0.1)
+    assert torch.allclose(out["loss_tf"], want[0]) and torch.allclose(out["loss_vf"], want[1])
+    for k in ("loss_global", "loss_gla", "loss_gva"):
+        assert torch.allclose(out[k], ref[k]), k
+    other = x[0].clone()
+    other[1:] = torch.randn_like(other[1:])
+    moved = batch(other, *x[1:])
+    assert not torch.allclose(moved["loss_tf"], out["loss_tf"])
+    with pytest.raises(ValueError, match="iga_scope"):
+        AGAConfig(iga_scope="dataset")
 
 
 def test_padding_content_never_matters():
@@ -550,9 +613,9 @@ def compile_with(monkeypatch):
     from medalign_lite.methods import aga
 
     def use(**options):
-        monkeypatch.setattr(aga, "COMPILE_OPTIONS", options)
-        monkeypatch.setattr(aga, "_compiled_local", None)
-        monkeypatch.setattr(aga, "_compile_error", None)
+        monkeypatch.setattr(aga.head, "COMPILE_OPTIONS", options)
+        monkeypatch.setattr(aga.head, "_compiled_local", None)
+        monkeypatch.setattr(aga.head, "_compile_error", None)
         return aga
     return use
 
@@ -592,7 +655,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(compile_with):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         head(*x)  # eager from now on, silently
-    assert "no compiler here" in aga._compile_error
+    assert "no compiler here" in aga.head._compile_error
 
 
 def test_compile_modes():
@@ -602,7 +665,7 @@ def test_compile_modes():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     eager = AGAHead.local_terms
     assert _head(4)._local_fn(cpu) is eager and _head(4, compile="never")._local_fn(cuda) is eager
-    if aga._compile_error is None:
+    if aga.head._compile_error is None:
         assert _head(4)._local_fn(cuda) is not eager and _head(4, compile="always")._local_fn(cpu) is not eager
     with pytest.raises(ValueError, match="compile must be"):
         AGAConfig(compile="yes")
