@@ -237,6 +237,9 @@ def test_every_method_and_seed_is_one_job_and_exgramed_runs_its_seeds_together()
     assert sorted(pairs) == sorted(expected) and len(pairs) == len(set(pairs))
     assert not any(n == B.CEILING for n, _ in _jobs(plans, [0], ceiling=False))
     assert not any(n == B.ENCODER_JOB for n, _ in _jobs(B.plan_methods(["convirt", "aga"]), [0], ceiling=True))
+    published = B.plan_methods(["s2d", "exgramed"], overrides={"s2d": ["encoder.align=false"],
+                                                               "exgramed": ["encoder.align=false"]})
+    assert not any(n == B.ENCODER_JOB for n, _ in _jobs(published, [0], ceiling=False))  # nothing to align
 
 
 def test_the_generators_wait_for_their_encoder_and_the_longest_line_of_work_starts_first():

@@ -218,7 +218,7 @@ def test_cross_pair_group_loss_matches_a_pair_by_pair_reference(b, t, p, seed, s
 
 def test_iga_across_pairs_replaces_the_within_pair_terms_and_sees_other_images():
     """iga_scope='batch': loss_tf / loss_vf are the cross-pair loss at σ_tg; BCGA and L_g stay; a
-    change of another pair's image changes pair 0's IGA terms (within the pair it cannot)."""
+    batch of one pair has no other image to contrast with, so the cross-pair terms are 0."""
     from medalign_lite.nn import l2norm
 
     x = _inputs(3, 5, 6, 4, 7)
@@ -228,10 +228,9 @@ def test_iga_across_pairs_replaces_the_within_pair_terms_and_sees_other_images()
     assert torch.allclose(out["loss_tf"], want[0]) and torch.allclose(out["loss_vf"], want[1])
     for k in ("loss_global", "loss_gla", "loss_gva"):
         assert torch.allclose(out[k], ref[k]), k
-    other = x[0].clone()
-    other[1:] = torch.randn_like(other[1:])
-    moved = batch(other, *x[1:])
-    assert not torch.allclose(moved["loss_tf"], out["loss_tf"])
+    assert float(out["loss_tf"]) > 0.1 and float(out["loss_vf"]) > 0.1
+    one = batch(*(v[:1] for v in x))
+    assert float(one["loss_tf"]) == 0.0 and float(one["loss_vf"]) == 0.0
     with pytest.raises(ValueError, match="iga_scope"):
         AGAConfig(iga_scope="dataset")
 

@@ -614,11 +614,12 @@ JOB_SECONDS: dict[str, float] = {"alta": 500.0, "exgramed": 305.0, "gloria": 275
 
 
 def _jobs(plans: Mapping[str, MethodPlan], seeds: Sequence[int], ceiling: bool) -> list[tuple[str, tuple[int, ...]]]:
-    """Every job: the generators' aligned encoder (when one of them freezes one), the generators
+    """Every job: the generators' aligned encoder (when one of them freezes an aligned stand-in:
+    ``encoder.align``), the generators
     (a runner that takes every seed: one job), then the dual encoders and the ceiling, seed by
     seed. :func:`_schedule` says which waits for which and in what order the pool starts them."""
     jobs = []
-    if any(n in _ENCODER_OF and not p.contrastive for n, p in plans.items()):
+    if any(not p.contrastive and n in _ENCODER_OF and _ENCODER_OF[n](p).encoder.align for n, p in plans.items()):
         jobs.append((ENCODER_JOB, (int(seeds[0]),)))
     jobs += [(n, tuple(seeds)) for n, p in plans.items() if not p.contrastive and n in _ALL_SEEDS]
     jobs += [(n, (s,)) for s in seeds for n, p in plans.items() if not p.contrastive and n not in _ALL_SEEDS]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...nn import NEG_INF, CrossAttention, l2norm
+from ...nn import NEG_INF, CrossAttention, l2norm, masked_mean
 from .groups import minmax_normalize, text_grouped_visual, threshold_gate
 
 
@@ -161,7 +161,6 @@ def cross_pair_group_loss(tokens: torch.Tensor, patches: torch.Tensor, text_mask
     gated, _ = threshold_gate(minmax_normalize(s, mask, dim=2, eps=eps, fill=-1.0)[0], sigma)
     groups = text_grouped_visual(gated, patches[None].expand(b, b, p, d).reshape(b * b, p, d))
     cos = (l2norm(groups).view(b, b, t, d) * tokens[:, None]).sum(-1)            # (B, B, T)
-    m = text_mask[:, None, :].to(cos.dtype)
-    z = (cos * m).sum(-1) / m.sum(-1).clamp_min(1) / tau                         # (B reports, B images)
+    z = masked_mean(cos, text_mask[:, None, :], dim=-1) / tau                    # (B reports, B images)
     target = torch.arange(b, device=z.device)
     return F.cross_entropy(z, target), F.cross_entropy(z.T, target)
