@@ -30,7 +30,7 @@ from medalign_lite.train import (
     batch_study_ids,
     save_weights,
 )
-from tests._ddp_worker import NoisyRegression, TinyNet
+from tests._ddp_worker import NoisyRegression, TinyNet, end_processes
 
 NAN = float("nan")
 POISON = "s13"
@@ -105,6 +105,7 @@ def main(out: str, mode: str = "") -> None:
         (Path(out) / f"error-{rank}.txt").write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise
     save_weights(model.state_dict(), Path(out) / f"final-{rank}.safetensors")  # every process: same weights?
+    end_processes()  # else a rank that exits first can abort in gloo's teardown (SIGABRT, the launch fails)
 
 
 if __name__ == "__main__":
