@@ -40,11 +40,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from ..data.findings import CHEXPERT_LABELS
 from .bootstrap import paired_bootstrap
 
-__all__ = ["CHEXPERT_5", "LABELER", "POLICIES", "binarize", "ce_bootstrap_diff", "ce_from_texts", "ce_metrics"]
+__all__ = ["CHEXPERT_5", "LABELER", "POLICIES", "binarize", "ce_bootstrap_diff", "ce_from_texts", "ce_metrics",
+           "observation_auroc"]
 
 POLICIES: dict[str, str] = {"zero": "uncertain->0", "one": "uncertain->1"}
 """``uncertain=`` argument → the policy label stored with every result."""
@@ -153,6 +155,27 @@ def ce_from_texts(refs: Sequence[str], hyps: Sequence[str], uncertain: str = "ze
         raise ValueError(f"ce_from_texts: {len(refs)} references but {len(hyps)} hypotheses")
     out = ce_metrics(label_reports(refs), label_reports(hyps), uncertain, observations)
     return {"labeler": LABELER, **out}
+
+
+def observation_auroc(ref_labels, scores, uncertain: str = "zero",
+                      observations: Sequence[str] = CHEXPERT_LABELS) -> dict[str, float]:
+    """Per-observation AUROC of continuous ``scores`` (N, 14) — a probe's probabilities, or the
+    share of a generator's sampled reports that name the observation — against the reference
+    labels (N, 14; binarised as CE F1 binarises them, :func:`binarize`).
+
+    Ranks, not thresholds: it measures what a system *knows* about an observation, where F1
+    measures what it *writes* at its decision rule. ``{observation: AUROC}`` over
+    ``observations``, NaN where the references hold no positive or no negative.
+    """
+    from .zeroshot import auroc
+
+    ref = binarize(ref_labels, uncertain)
+    s = np.asarray(scores, dtype=float)
+    if s.shape != ref.shape:
+        raise ValueError(f"scores must have the labels' shape {ref.shape}, got {s.shape}")
+    cols = [CHEXPERT_LABELS.index(o) for o in observations]
+    out = auroc(torch.as_tensor(s[:, cols].T), torch.as_tensor(ref[:, cols].T))
+    return {o: float(v) for o, v in zip(observations, out.tolist())}
 
 
 def ce_bootstrap_diff(ref_labels, hyp_a, hyp_b, average: str = "micro", uncertain: str = "zero",

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -52,6 +53,8 @@ __all__ = [
     "majority_report",
     "nearest_neighbour_reports",
     "patch_statistics",
+    "score_key_order",
+    "sampled_finding_rates",
     "score_key_order",
     "score_reports",
 ]
@@ -213,6 +216,48 @@ class ReportCurve:
         ce5 = ce_from_texts(self.references, reports, observations=CHEXPERT_5)
         return {"val_ce_micro_f1": ce["micro"]["f1"], "val_ce_macro_f1": ce["macro"]["f1"],
                 "val_ce5_macro_f1": ce5["macro"]["f1"], "val_distinct": len(set(reports))}
+
+
+def sampled_finding_rates(model: nn.Module, dataset, k: int = 10, seed: int = 0, batch_size: int = 64,
+                          progress: bool | None = None, **generation) -> tuple[np.ndarray, list[list[str]]]:
+    """What a report generator knows about each finding: the share of ``k`` reports *sampled*
+    from it (ancestral sampling, temperature 1, no top-p: its own distribution) that name each
+    CheXpert observation as present (rule labeler, uncertain → 0).
+
+    The rate estimates the generator's marginal p(observation in the report | image), the
+    quantity beam search never shows: a finding the model gives 30 % writes into 3 of 10
+    samples and into no beam report. Scored against the references by
+    :func:`~medalign_lite.eval.clinical.observation_auroc` it separates two reasons for a low
+    CE F1 — the model does not read the finding from the image (low AUROC), or it does but its
+    decoder never writes it (high AUROC, F1 near 0).
+
+    Args:
+        model: a generator (``model.generate(images, **kw)``), as :func:`generate_reports` takes.
+        dataset: its evaluation items (images, or :class:`PatchItems`).
+        k: samples per study; the rates are multiples of 1/k.
+        seed: round r draws under ``torch.manual_seed(seed + r)`` inside a forked RNG (the
+            caller's random state is left as it was). The draws also depend on ``batch_size``
+            (one sampling call draws for its whole batch) and the torch thread count.
+        generation: further ``generate`` arguments (sampling settings are fixed above).
+
+    Returns:
+        ``(rates, samples)``: rates (N, 14) float in [0, 1], columns in ``CHEXPERT_LABELS``
+        order; samples: ``k`` lists of N reports.
+    """
+    from ..text.labeler import label_reports
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    dev = module_device(model)
+    samples: list[list[str]] = []
+    for r in quiet_progress(range(k), desc="sampled reports", enabled=progress):
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed + r)
+            samples.append(generate_reports(model, dataset, None, batch_size, progress=False,
+                                            **{**generation, "num_beams": 1, "do_sample": True, "top_p": 1.0,
+                                               "top_k": 0, "temperature": 1.0}))
+    rates = np.mean([label_reports(s) == 1 for s in samples], axis=0)
+    return rates, samples
 
 
 # --------------------------------------------------------------------------- 3. baselines

@@ -139,3 +139,26 @@ def test_bootstrap_diff_is_paired_and_centred_on_the_observed_difference():
     assert ce_bootstrap_diff(ref, good, bad, seed=1)["low"] == ce_bootstrap_diff(ref, good, bad, seed=1)["low"]
     with pytest.raises(ValueError, match="shape"):
         ce_bootstrap_diff(ref, good[:10], bad)
+
+
+def test_observation_auroc_matches_sklearn_per_observation():
+    from sklearn.metrics import roc_auc_score
+
+    from medalign_lite.eval.clinical import observation_auroc
+
+    rng = np.random.default_rng(0)
+    ref = rng.choice([1.0, 0.0, -1.0, np.nan], size=(60, 14), p=[0.3, 0.4, 0.1, 0.2])
+    ref[:, 3] = 0.0  # no positive: undefined
+    scores = np.round(rng.random((60, 14)) + 0.5 * (ref == 1), 1)  # ties on purpose
+    out = observation_auroc(ref, scores)
+    for j, name in enumerate(CHEXPERT_LABELS):
+        y = ref[:, j] == 1  # uncertain and blank are negatives, as in CE F1 (uncertain -> 0)
+        if j == 3:
+            assert np.isnan(out[name])
+        else:
+            assert out[name] == pytest.approx(roc_auc_score(y, scores[:, j]))
+    one = observation_auroc(ref, scores, uncertain="one", observations=["Edema"])
+    j = CHEXPERT_LABELS.index("Edema")
+    assert list(one) == ["Edema"] and one["Edema"] == pytest.approx(roc_auc_score(np.isin(ref[:, j], (1, -1)), scores[:, j]))
+    with pytest.raises(ValueError, match="shape"):
+        observation_auroc(ref, scores[:, :5])

@@ -279,3 +279,39 @@ def test_report_curve_scores_the_generated_reports_against_their_references(monk
     written["reports"] = ["The lungs are clear."] * 3  # one template for every study
     out = gen.ReportCurve(range(3), refs)(None)
     assert out["val_distinct"] == 1 and out["val_ce_micro_f1"] < 1.0 and out["val_ce_macro_f1"] < 1.0
+
+
+def test_sampled_finding_rates_count_the_samples_that_name_each_finding(monkeypatch):
+    """Each round draws under its own seed (the caller's RNG untouched), generates by sampling, and
+    the rate of an observation is the share of rounds whose report names it as present."""
+    import numpy as np
+
+    import medalign_lite.experiments.generation as gen
+
+    calls, model = [], torch.nn.Linear(1, 1)  # the model only tells the device
+
+    def fake_generate(model, items, indices, batch_size, progress, **kw):
+        calls.append(kw)
+        draw = torch.rand(len(items))  # the round's seeded stream decides each study's report
+        return ["Large left pleural effusion." if d < p else "The lungs are clear." for d, p in zip(draw, items)]
+
+    monkeypatch.setattr(gen, "generate_reports", fake_generate)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    probs = [0.0, 0.5, 1.0]
+    rates, samples = gen.sampled_finding_rates(model, probs, k=8, seed=3, num_beams=3, max_new_tokens=9)
+    assert torch.rand(1) == before  # the caller's random state is left as it was
+    assert all(c["do_sample"] and c["num_beams"] == 1 and c["top_k"] == 0 and c["max_new_tokens"] == 9 for c in calls)
+    eff = CHEXPERT_LABELS.index("Pleural Effusion")
+    ref = []  # a plain reference: one seeded draw per round
+    for r in range(8):
+        torch.manual_seed(3 + r)
+        ref.append((torch.rand(3) < torch.tensor(probs)).numpy())
+    assert rates.shape == (3, len(CHEXPERT_LABELS)) and len(samples) == 8
+    assert np.allclose(rates[:, eff], np.mean(ref, axis=0)) and rates[0, eff] == 0 and rates[2, eff] == 1
+    assert 0 < rates[1, eff] < 1 and rates[:, CHEXPERT_LABELS.index("Cardiomegaly")].sum() == 0
+    again, _ = gen.sampled_finding_rates(model, probs, k=8, seed=3)
+    assert np.array_equal(rates, again)
+    with pytest.raises(ValueError, match="k must be"):
+        gen.sampled_finding_rates(model, probs, k=0)
