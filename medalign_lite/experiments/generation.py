@@ -7,7 +7,8 @@ What the report-generation notebooks (``05_s2d_full``, ExGra-Med's) need besides
    deterministic eval transform the patches are the same at every epoch, so they are computed
    once (:class:`PrecomputedPatches`, :class:`PatchItems`, optionally standardised per channel,
    :func:`patch_statistics`).
-2. :func:`generate_reports` — batched generation from the image (or its patches) alone.
+2. :func:`generate_reports` — batched generation from the image (or its patches) alone;
+   :func:`sampled_finding_rates` — what the generator knows about each finding, from sampled reports.
 3. Baselines that put the generator's scores in context:
 
    - :func:`nearest_neighbour_reports` copies the training report of the most similar training
@@ -53,7 +54,6 @@ __all__ = [
     "majority_report",
     "nearest_neighbour_reports",
     "patch_statistics",
-    "score_key_order",
     "sampled_finding_rates",
     "score_key_order",
     "score_reports",
@@ -221,12 +221,12 @@ class ReportCurve:
 def sampled_finding_rates(model: nn.Module, dataset, k: int = 10, seed: int = 0, batch_size: int = 64,
                           progress: bool | None = None, **generation) -> tuple[np.ndarray, list[list[str]]]:
     """What a report generator knows about each finding: the share of ``k`` reports *sampled*
-    from it (ancestral sampling, temperature 1, no top-p: its own distribution) that name each
+    from it (ancestral sampling at temperature 1, no top-k or top-p cut: its own distribution) that name each
     CheXpert observation as present (rule labeler, uncertain → 0).
 
     The rate estimates the generator's marginal p(observation in the report | image), the
-    quantity beam search never shows: a finding the model gives 30 % writes into 3 of 10
-    samples and into no beam report. Scored against the references by
+    quantity beam search hides: a finding the model gives 30 % enters about 3 of 10 samples
+    and rarely the beam report. Scored against the references by
     :func:`~medalign_lite.eval.clinical.observation_auroc` it separates two reasons for a low
     CE F1 — the model does not read the finding from the image (low AUROC), or it does but its
     decoder never writes it (high AUROC, F1 near 0).
