@@ -39,7 +39,7 @@ def test_budget_scale_multiplies_every_stage_of_every_method():
             assert (a is None and b is None) or b == 2 * a, name
     assert "train.stages.1.epochs=6" in twice["exgramed"].overrides  # 3 epochs → 6
     half = B.plan_methods(["s2d"], budget_scale=0.5)["s2d"]
-    assert half.stage_steps == [172, 86, 86]
+    assert half.stage_steps == [516, 86, 86]  # s2d_tiny: 1,032 / 172 / 172
 
 
 def test_a_bad_method_or_budget_is_an_error_naming_it(monkeypatch):
