@@ -47,6 +47,7 @@ __all__ = [
     "MAEObjective",
     "MAEPretrainConfig",
     "ReportLMObjective",
+    "cache_aligned_encoder",
     "code_fingerprint",
     "default_encoder_recipe",
     "encoder_cache_key",
@@ -162,6 +163,44 @@ def encoder_cache_key(manifest, recipe, threads: int | None = None) -> str:
     return f"{recipe.method}-{vision}-{recipe.image_size}px-{digest}"
 
 
+def cache_aligned_encoder(model: nn.Module, history: Sequence[dict], manifest, recipe, train_seconds: float,
+                          cache_dir: str | os.PathLike | None = None) -> Path:
+    """Store the ``image_encoder`` of a dual encoder trained by ``recipe`` on ``manifest`` as the
+    :func:`pretrained_vision_encoder` cache entry of that pair → the weights' path.
+
+    For a run that trained exactly what the cache would (the same recipe on the same manifests,
+    with this process's torch thread count, which the key covers): notebook 06's ConVIRT job is
+    the very training S2D's and ExGra-Med's stand-in encoder needs, so it stores its encoder here
+    and they load it instead of training it again. ``history``: the trainer's rows (the final
+    loss, steps and any ``eval/`` curve go into the entry's JSON). An entry that exists is left
+    as it is. The JSON is written first and the weights last, each atomically: an entry is
+    complete once its weights exist.
+    """
+    manifests = _manifests(manifest)
+    manifest = manifests[0] if len(manifests) == 1 else manifests
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
+    key = encoder_cache_key(manifest, recipe)
+    weights, meta_path = root / f"{key}.safetensors", root / f"{key}.json"
+    if weights.is_file():
+        return weights
+    root.mkdir(parents=True, exist_ok=True)
+    losses = [r["loss"] for r in history if "loss" in r]
+    meta = {"cache_version": CACHE_VERSION, "key": key, "recipe": _recipe_fields(recipe),
+            "manifest": [str(m.resolve()) for m in manifests] if len(manifests) > 1 else str(manifests[0].resolve()),
+            "manifest_sha256": [_manifest_identity(m)["manifest_sha256"] for m in manifests]
+            if len(manifests) > 1 else _manifest_identity(manifests[0])["manifest_sha256"],
+            "train_seconds": round(train_seconds, 2), "final_loss": float(losses[-1]) if losses else None,
+            "steps": max((r.get("global_step", 0) for r in history), default=0),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "code": code_fingerprint(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "curve": [{k: v for k, v in r.items() if k == "global_step" or k.startswith("eval/")}
+                      for r in history if any(k.startswith("eval/") for k in r)]}
+    encoder = model.image_encoder
+    atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    atomic_write(weights, lambda p: save_weights(encoder.state_dict(), p))  # last: marks the entry complete
+    return weights
+
+
 def pretrained_vision_encoder(manifest, recipe=None, cache_dir: str | os.PathLike | None = None,
                               progress: bool = False, curve=None, eval_every: int = 0) -> nn.Module:
     """A vision encoder aligned with reports on ``manifest`` (ConVIRT by default), frozen.
@@ -234,23 +273,10 @@ def pretrained_vision_encoder(manifest, recipe=None, cache_dir: str | os.PathLik
         model = build_model(recipe)
         with tempfile.TemporaryDirectory(prefix=f"{key}.run-", dir=root) as run_dir:
             result = train_alignment(model, manifest, recipe, run_dir, eval_fn=curve, eval_every=eval_every)
-        losses = [r["loss"] for r in result.history if "loss" in r]
-        final_loss = float(losses[-1]) if losses else None
         encoder = model.image_encoder.cpu()
-        train_seconds = time.perf_counter() - t0
-        meta = {"cache_version": CACHE_VERSION, "key": key, "recipe": _recipe_fields(recipe),
-                "manifest": [str(m.resolve()) for m in manifests] if len(manifests) > 1 else str(manifests[0].resolve()),
-                "manifest_sha256": [_manifest_identity(m)["manifest_sha256"] for m in manifests]
-                if len(manifests) > 1 else _manifest_identity(manifests[0])["manifest_sha256"],
-                "train_seconds": round(train_seconds, 2), "final_loss": final_loss,
-                "steps": max((r.get("global_step", 0) for r in result.history), default=0),
-                "torch": torch.__version__, "threads": torch.get_num_threads(), "code": code_fingerprint(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "curve": [{k: v for k, v in r.items() if k == "global_step" or k.startswith("eval/")}
-                          for r in result.history if any(k.startswith("eval/") for k in r)]}
-        atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
-        atomic_write(weights, lambda p: save_weights(encoder.state_dict(), p))  # last: marks the entry complete
-        loaded = False
+        cache_aligned_encoder(model, result.history, manifest, recipe, time.perf_counter() - t0, cache_dir)
+        meta = json.loads(meta_path.read_text())
+        final_loss, train_seconds, loaded = meta["final_loss"], meta["train_seconds"], False
         if progress:
             print(f"aligned in {train_seconds:.1f} s, final loss {final_loss}")
     freeze(encoder)

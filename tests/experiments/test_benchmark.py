@@ -274,3 +274,55 @@ def test_the_encoder_job_makes_the_cache_entry_the_generators_load(tmp_path, mon
     exp = R._load_s2d(plans["s2d"])
     assert calls == [(S.encoder_recipe(exp, 3), data.train_manifests, 3)]
     assert S.encoder_recipe(exp, 3).seed == 3 and S.encoder_recipe(exp, 3).method == "convirt"
+
+
+def test_the_convirt_job_is_the_generators_encoder_when_its_recipe_is_theirs():
+    """At the tutorial configs ConVIRT's job trains exactly S2D's and ExGra-Med's stand-in encoder:
+    no separate encoder job, the generators wait for ConVIRT's first seed; any other recipe (here
+    twice the budget, or a changed learning rate) brings the encoder job back."""
+    from medalign_lite.experiments.benchmark.runs import _encoder_provider, _jobs, _schedule
+
+    plans = B.plan_methods()
+    assert _encoder_provider(plans, 0) == "convirt"
+    jobs = _jobs(plans, [0, 1], ceiling=True, provider="convirt")
+    names = [n for n, _ in jobs]
+    assert B.ENCODER_JOB not in names
+    after, priority = _schedule(jobs, "convirt")
+    first = jobs.index(("convirt", (0,)))
+    assert {names[i] for i, a in enumerate(after) if a == first} == {"s2d", "exgramed"}
+    assert after[jobs.index(("convirt", (1,)))] is None and after[first] is None
+    assert priority[first] == B.JOB_SECONDS["convirt"] + max(p for i, p in enumerate(priority) if after[i] == first)
+    assert _encoder_provider(B.plan_methods(budget_scale=2.0), 0) is None
+    assert _encoder_provider(B.plan_methods(overrides={"convirt": ["train.stages.0.lr=3e-3"]}), 0) is None
+    assert _encoder_provider(B.plan_methods(["s2d", "aga", "gloria"]), 0) is None  # no dual encoder trains it
+    assert _encoder_provider(B.plan_methods(["convirt", "aga"]), 0) is None  # no generator needs it
+
+
+def test_the_provider_job_stores_the_encoder_under_the_key_the_generators_read(tmp_path, monkeypatch):
+    """The ConVIRT job's first seed stores its trained image encoder with the manifests and recipe
+    that prepare_encoder will look up (the same cache key); other seeds and methods store nothing."""
+    from medalign_lite.experiments import pretrain as PT
+    from medalign_lite.experiments import s2d as S
+    from medalign_lite.experiments.benchmark import runs as R
+
+    stored = []
+    monkeypatch.setattr(PT, "cache_aligned_encoder", lambda model, history, manifests, recipe, seconds, *a:
+                        stored.append((list(manifests), PT._recipe_fields(recipe), recipe.seed)))
+    monkeypatch.setattr(R, "_dual_eval", lambda model, ctx, r: ({}, {}))
+    monkeypatch.setattr(R, "_train_set", lambda ctx, r, views: None)
+    import medalign_lite.experiments.contrastive as C
+
+    class _Res:
+        history = [{"loss": 1.0, "global_step": 1}]
+
+    monkeypatch.setattr(C, "train_alignment", lambda *a, **k: _Res())
+    plans = B.plan_methods(["s2d", "convirt", "aga"])
+    data = R.BenchmarkData([tmp_path / "iu.csv", tmp_path / "extra.csv"], tmp_path / "g.csv", tmp_path / "v.csv")
+    ctx = R._Context(plans, data, tmp_path, "cpu", False, 3, False, R._encoder_provider(plans, 3))
+    assert ctx.encoder_provider == "convirt"
+    R._dual_job(ctx, "convirt", 4)  # not the first seed
+    R._dual_job(ctx, "aga", 3)      # not the provider
+    assert stored == []
+    R._dual_job(ctx, "convirt", 3)
+    exp = R._load_s2d(plans["s2d"])
+    assert stored == [(R._encoder_manifests(ctx, exp), PT._recipe_fields(S.encoder_recipe(exp, 3)), 3)]

@@ -315,3 +315,28 @@ def test_sampled_finding_rates_count_the_samples_that_name_each_finding(monkeypa
     assert np.array_equal(rates, again)
     with pytest.raises(ValueError, match="k must be"):
         gen.sampled_finding_rates(model, probs, k=0)
+
+
+def test_a_run_that_trained_the_recipe_stores_its_encoder_and_the_cache_loads_it(manifest_path, tmp_path, monkeypatch):
+    """cache_aligned_encoder: the entry pretrained_vision_encoder would write, so that the next call
+    loads instead of training; an existing entry is left as it is."""
+    from medalign_lite.experiments import contrastive as recipes
+    from medalign_lite.experiments.pretrain import cache_aligned_encoder
+
+    cache, recipe = tmp_path / "cache", _tiny_recipe()
+    model = recipes.build_model(recipe)
+    with torch.no_grad():
+        next(model.image_encoder.parameters()).add_(1.0)  # "trained": differs from a fresh build
+    history = [{"loss": 2.0, "global_step": 1}, {"loss": 1.5, "global_step": 2}]
+    path = cache_aligned_encoder(model, history, manifest_path, recipe, 12.5, cache_dir=cache)
+    assert path.name == f"{encoder_cache_key(manifest_path, recipe)}.safetensors"
+    monkeypatch.setattr(recipes, "train_alignment", lambda *a, **k: pytest.fail("a stored entry must not train"))
+    enc = pretrained_vision_encoder(manifest_path, recipe, cache_dir=cache)
+    assert enc.alignment_info["loaded"] is True and enc.alignment_info["final_loss"] == 1.5
+    mine = model.image_encoder.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in enc.state_dict().items())
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["steps"] == 2 and meta["train_seconds"] == 12.5 and meta["threads"] == torch.get_num_threads()
+    other = recipes.build_model(recipe)
+    assert cache_aligned_encoder(other, history, manifest_path, recipe, 1.0, cache_dir=cache) == path
+    assert json.loads(path.with_suffix(".json").read_text())["train_seconds"] == 12.5  # left as it was

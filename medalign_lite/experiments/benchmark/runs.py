@@ -23,8 +23,10 @@ A *job* is "train method X with its recipe at seed s and evaluate it on every ta
 (:func:`run_job`); :func:`run_benchmark` runs every job in a pool of CPU workers
 (:func:`~.variants.run_chains`) and returns :class:`BenchmarkResults`, which gives the long table
 of scores, the summary (mean ± std over seeds), the claims, ``metrics.json`` and the timeline of
-the jobs. One job makes no row: the ConVIRT stand-in encoder that S2D and ExGra-Med freeze (one
-cache entry for both) is aligned once, before them (:data:`ENCODER_JOB`). The pool starts the
+the jobs. The ConVIRT stand-in encoder that S2D and ExGra-Med freeze (one cache entry for both) is
+made once, before them: by the ConVIRT job itself when its recipe is the encoder's (the tutorial
+configs: the same training, bit for bit, :func:`_encoder_provider`), else by a job that makes no
+row (:data:`ENCODER_JOB`). The pool starts the
 longest line of dependent work first (:data:`JOB_SECONDS`, :func:`_schedule`): the order changes
 the wall time, never a number.
 
@@ -67,6 +69,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -240,6 +243,7 @@ class _Context:
     smoke: bool
     first_seed: int
     meteor: bool
+    encoder_provider: str | None = None  # the dual encoder whose first-seed job stores the generators' encoder
 
 
 #: This process's datasets, by their arguments (each worker reads a training set once).
@@ -360,8 +364,13 @@ def _recipe(ctx: _Context, name: str, seed: int):
     return r
 
 
+def _train_manifests(ctx: _Context, extra_studies) -> list:
+    """IU-Phantom, plus IU-Phantom-extra when a recipe or experiment asks for extra studies."""
+    return list(ctx.data.train_manifests) if extra_studies else [ctx.data.iu]
+
+
 def _train_set(ctx: _Context, recipe, views: Sequence[str]):
-    return _dataset(ctx.data.train_manifests if recipe.extra_studies else [ctx.data.iu], split="train",
+    return _dataset(_train_manifests(ctx, recipe.extra_studies), split="train",
                     views=tuple(views), text_columns=recipe.text_columns, image_size=recipe.image_size,
                     train=recipe.augment, cache=not recipe.augment)
 
@@ -384,6 +393,10 @@ def _dual_job(ctx: _Context, name: str, seed: int) -> list[JobResult]:
     with _peak_memory(ctx) as mem:
         res = train_alignment(model, ctx.data.train_manifests, r, ctx.out_root / f"{name}_s{seed}", dataset=train)
     train_s = time.perf_counter() - t
+    if name == ctx.encoder_provider and seed == ctx.first_seed:  # the generators' encoder: this very training
+        from ..pretrain import cache_aligned_encoder
+
+        cache_aligned_encoder(model, res.history, _train_manifests(ctx, r.extra_studies), r, train_s)
     scores, per_query = _dual_eval(model, ctx, r)
     cost = {**_params(set_trainable(model, recipe_trainable(r))), **_step_cost(res.history, r.batch_size),
             "train_seconds": round(train_s, 1), "peak_mib": round(mem.mib, 1)}
@@ -463,7 +476,35 @@ def _load_exgramed(plan: MethodPlan):
 def _encoder_manifests(ctx: _Context, exp) -> list[Path]:
     """What a generator's aligned encoder trains on: IU-Phantom, plus IU-Phantom-extra when the
     experiment asks for extra studies."""
-    return list(ctx.data.train_manifests) if exp.extra_studies else [ctx.data.iu]
+    return _train_manifests(ctx, exp.extra_studies)
+
+
+def _encoder_provider(plans: Mapping[str, MethodPlan], seed: int) -> str | None:
+    """The dual encoder whose job at ``seed`` trains exactly the generators' stand-in encoder —
+    its recipe (every field but the device) equal to the encoder recipe of every selected
+    generator that aligns one, on the same choice of training manifests — or None. That job
+    then stores its image encoder in the cache the generators read
+    (:func:`~.pretrain.cache_aligned_encoder`), and they wait for it instead of an
+    :data:`ENCODER_JOB`; the weights are the same (a run is deterministic at a given thread
+    count, which the cache key covers)."""
+    from ..contrastive import recipe_from_config
+    from ..pretrain import _recipe_fields
+    from ..s2d import encoder_recipe
+
+    exps = [_ENCODER_OF[n](p) for n, p in plans.items() if not p.contrastive and n in _ENCODER_OF]
+    exps = [e for e in exps if e.encoder.align]
+    if not exps:
+        return None
+    wanted = {(json.dumps(_recipe_fields(encoder_recipe(e, seed)), sort_keys=True), bool(e.extra_studies))
+              for e in exps}
+    if len(wanted) != 1:
+        return None
+    for name, p in plans.items():
+        if p.contrastive and not any(o.startswith("mae_pretrain.") for o in p.overrides):
+            r = recipe_from_config(p.config, p.overrides, seed=seed)
+            if {(json.dumps(_recipe_fields(r), sort_keys=True), bool(r.extra_studies))} == wanted:
+                return name
+    return None
 
 
 def _encoder_job(ctx: _Context) -> list[JobResult]:
@@ -615,13 +656,15 @@ JOB_SECONDS: dict[str, float] = {"alta": 500.0, "exgramed": 305.0, "gloria": 275
                                  ENCODER_JOB: 145.0, CEILING: 65.0, "aga": 65.0}
 
 
-def _jobs(plans: Mapping[str, MethodPlan], seeds: Sequence[int], ceiling: bool) -> list[tuple[str, tuple[int, ...]]]:
+def _jobs(plans: Mapping[str, MethodPlan], seeds: Sequence[int], ceiling: bool,
+          provider: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """Every job: the generators' aligned encoder (when one of them freezes an aligned stand-in:
-    ``encoder.align``), the generators
+    ``encoder.align``, and no dual encoder ``provider`` trains it, :func:`_encoder_provider`), the generators
     (a runner that takes every seed: one job), then the dual encoders and the ceiling, seed by
     seed. :func:`_schedule` says which waits for which and in what order the pool starts them."""
     jobs = []
-    if any(not p.contrastive and n in _ENCODER_OF and _ENCODER_OF[n](p).encoder.align for n, p in plans.items()):
+    if provider is None and any(not p.contrastive and n in _ENCODER_OF and _ENCODER_OF[n](p).encoder.align
+                                for n, p in plans.items()):
         jobs.append((ENCODER_JOB, (int(seeds[0]),)))
     jobs += [(n, tuple(seeds)) for n, p in plans.items() if not p.contrastive and n in _ALL_SEEDS]
     jobs += [(n, (s,)) for s in seeds for n, p in plans.items() if not p.contrastive and n not in _ALL_SEEDS]
@@ -632,9 +675,11 @@ def _jobs(plans: Mapping[str, MethodPlan], seeds: Sequence[int], ceiling: bool) 
     return jobs
 
 
-def _schedule(jobs: Sequence[tuple[str, tuple[int, ...]]]) -> tuple[list[int | None], list[float]]:
+def _schedule(jobs: Sequence[tuple[str, tuple[int, ...]]], provider: str | None = None
+              ) -> tuple[list[int | None], list[float]]:
     """``(after, priority)`` of :func:`_jobs`' list for :func:`~.variants.run_chains`: a generator
-    with an aligned encoder waits for the :data:`ENCODER_JOB`; a job's priority is its own
+    with an aligned encoder waits for the :data:`ENCODER_JOB`, or for the first job of the dual
+    encoder ``provider`` that stores it (:func:`_encoder_provider`); a job's priority is its own
     :data:`JOB_SECONDS` (per seed it trains) plus the largest priority of the jobs that wait for
     it (critical-path list scheduling), so the encoder starts first when the generators behind it
     make the longest line of work."""
@@ -645,7 +690,7 @@ def _schedule(jobs: Sequence[tuple[str, tuple[int, ...]]]) -> tuple[list[int | N
         n = len(job[1]) if job[0] in _ALL_SEEDS else 1
         return JOB_SECONDS.get(job[0], default) * n
 
-    first = next((i for i, j in enumerate(jobs) if j[0] == ENCODER_JOB), None)
+    first = next((i for i, j in enumerate(jobs) if j[0] == (provider or ENCODER_JOB)), None)
     after = [first if (j[0] in _ENCODER_OF and first is not None) else None for j in jobs]
     priority = [own(j) for j in jobs]
     if first is not None:
@@ -688,16 +733,17 @@ def run_benchmark(plans: Mapping[str, MethodPlan], seeds: Sequence[int], data: B
         raise ValueError("seeds is empty")
     if workers > 1 and resolve_device(device).type != "cpu":
         raise ValueError(f"workers={workers} runs CPU processes side by side; on {device} use workers=1")
-    ctx = _Context(dict(plans), data, Path(output_dir), device, smoke, int(seeds[0]), meteor)
+    provider = _encoder_provider(plans, int(seeds[0]))
+    ctx = _Context(dict(plans), data, Path(output_dir), device, smoke, int(seeds[0]), meteor, provider)
     ctx.out_root.mkdir(parents=True, exist_ok=True)
-    jobs = _jobs(plans, seeds, ceiling and any(p.contrastive for p in plans.values()))
+    jobs = _jobs(plans, seeds, ceiling and any(p.contrastive for p in plans.values()), provider)
 
     def done(results: list) -> None:
         for r in results:
             if on_result is not None and isinstance(r, JobResult):
                 on_result(r)
 
-    after, priority = _schedule(jobs)
+    after, priority = _schedule(jobs, provider)
     t, t_wall = time.perf_counter(), time.time()
     out = run_chains(functools.partial(_run_chain, ctx), [[j] for j in jobs], workers=workers,
                      threads=1 if workers > 1 else None, on_done=done, after=after,
