@@ -195,9 +195,9 @@ def cache_aligned_encoder(model: nn.Module, history: Sequence[dict], manifest, r
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "curve": [{k: v for k, v in r.items() if k == "global_step" or k.startswith("eval/")}
                       for r in history if any(k.startswith("eval/") for k in r)]}
-    encoder = model.image_encoder
+    state = {k: v.detach().cpu() for k, v in model.image_encoder.state_dict().items()}
     atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=1)))
-    atomic_write(weights, lambda p: save_weights(encoder.state_dict(), p))  # last: marks the entry complete
+    atomic_write(weights, lambda p: save_weights(state, p))  # last: marks the entry complete
     return weights
 
 
