@@ -226,7 +226,7 @@ def test_the_committed_readme_has_the_markers():
 
 
 def test_every_method_and_seed_is_one_job_and_exgramed_runs_its_seeds_together():
-    from medalign_lite.experiments.benchmark.runs import _jobs
+    from medalign_lite.experiments.benchmark.pool import _jobs
 
     plans = B.plan_methods()
     jobs = _jobs(plans, [0, 1], ceiling=True)
@@ -243,7 +243,7 @@ def test_every_method_and_seed_is_one_job_and_exgramed_runs_its_seeds_together()
 
 
 def test_the_generators_wait_for_their_encoder_and_the_longest_line_of_work_starts_first():
-    from medalign_lite.experiments.benchmark.runs import _jobs, _schedule
+    from medalign_lite.experiments.benchmark.pool import _jobs, _schedule
 
     jobs = _jobs(B.plan_methods(), [0, 1], ceiling=True)
     after, priority = _schedule(jobs)
@@ -280,7 +280,7 @@ def test_the_convirt_job_is_the_generators_encoder_when_its_recipe_is_theirs():
     """At the tutorial configs ConVIRT's job trains exactly S2D's and ExGra-Med's stand-in encoder:
     no separate encoder job, the generators wait for ConVIRT's first seed; any other recipe (here
     twice the budget, or a changed learning rate) brings the encoder job back."""
-    from medalign_lite.experiments.benchmark.runs import _encoder_provider, _jobs, _schedule
+    from medalign_lite.experiments.benchmark.pool import _encoder_provider, _jobs, _schedule
 
     plans = B.plan_methods()
     assert _encoder_provider(plans, 0) == "convirt"
@@ -304,6 +304,7 @@ def test_the_provider_job_stores_the_encoder_under_the_key_the_generators_read(t
     from medalign_lite.experiments import pretrain as PT
     from medalign_lite.experiments import s2d as S
     from medalign_lite.experiments.benchmark import runs as R
+    from medalign_lite.experiments.benchmark.pool import _encoder_provider
 
     stored = []
     monkeypatch.setattr(PT, "cache_aligned_encoder", lambda model, history, manifests, recipe, seconds, *a:
@@ -318,7 +319,7 @@ def test_the_provider_job_stores_the_encoder_under_the_key_the_generators_read(t
     monkeypatch.setattr(C, "train_alignment", lambda *a, **k: _Res())
     plans = B.plan_methods(["s2d", "convirt", "aga"])
     data = R.BenchmarkData([tmp_path / "iu.csv", tmp_path / "extra.csv"], tmp_path / "g.csv", tmp_path / "v.csv")
-    ctx = R._Context(plans, data, tmp_path, "cpu", False, 3, False, R._encoder_provider(plans, 3))
+    ctx = R._Context(plans, data, tmp_path, "cpu", False, 3, False, _encoder_provider(plans, 3))
     assert ctx.encoder_provider == "convirt"
     R._dual_job(ctx, "convirt", 4)  # not the first seed
     R._dual_job(ctx, "aga", 3)      # not the provider

@@ -1,10 +1,12 @@
 """Notebook 06's benchmark: every registered method on identical data, every task, one table.
 
-- :mod:`.runs` — the plan (each method's config, its tutorial budget, the data), one job (train
-  a method at a seed, evaluate it on every task it can do), the whole run in a worker pool;
+- :mod:`.runs` — the plan (each method's config, its tutorial budget), one job (train a method at
+  a seed, evaluate it on every task it can do);
+- :mod:`.pool` — the data, the jobs, their order and dependencies, the whole run in a worker pool;
 - :mod:`.results` — the results as tables, decided claims, ``metrics.json`` and the README's
   "Results on IU-Phantom" table.
 """
+from .pool import JOB_SECONDS, prepare_data, run_benchmark
 from .results import (
     CEILING,
     README_BEGIN,
@@ -23,7 +25,6 @@ from .results import (
 from .runs import (
     ENCODER_JOB,
     GENERATOR_RUNNERS,
-    JOB_SECONDS,
     PROBE_FRACTIONS,
     REPORT_COLUMNS,
     SMOKE_DUAL_OVERRIDES,
@@ -31,9 +32,7 @@ from .runs import (
     MethodPlan,
     ceiling_recipe,
     plan_methods,
-    prepare_data,
     register_runner,
-    run_benchmark,
     run_job,
 )
 
