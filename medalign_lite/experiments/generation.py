@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import Collate, ManifestDataset
 from ..data.findings import CHEXPERT_LABELS
-from ..eval.clinical import CHEXPERT_5, LABELER, POLICIES, ce_metrics
+from ..eval.clinical import CHEXPERT_5, LABELER, POLICIES, binarize, ce_metrics
 from ..eval.generation import METRIC_KEYS, clean_report, nlg_metrics
 from ..models.features import ImageFeatures
 from ..nn import l2norm
@@ -256,7 +256,7 @@ def sampled_finding_rates(model: nn.Module, dataset, k: int = 10, seed: int = 0,
             samples.append(generate_reports(model, dataset, None, batch_size, progress=False,
                                             **{**generation, "num_beams": 1, "do_sample": True, "top_p": 1.0,
                                                "top_k": 0, "temperature": 1.0}))
-    rates = np.mean([label_reports(s) == 1 for s in samples], axis=0)
+    rates = np.mean([binarize(label_reports(s)) for s in samples], axis=0)  # uncertain → 0, as CE F1
     return rates, samples
 
 

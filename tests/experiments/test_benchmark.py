@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -313,10 +314,7 @@ def test_the_provider_job_stores_the_encoder_under_the_key_the_generators_read(t
     monkeypatch.setattr(R, "_train_set", lambda ctx, r, views: None)
     import medalign_lite.experiments.contrastive as C
 
-    class _Res:
-        history = [{"loss": 1.0, "global_step": 1}]
-
-    monkeypatch.setattr(C, "train_alignment", lambda *a, **k: _Res())
+    monkeypatch.setattr(C, "train_alignment", lambda *a, **k: SimpleNamespace(history=[{"loss": 1.0, "global_step": 1}]))
     plans = B.plan_methods(["s2d", "convirt", "aga"])
     data = R.BenchmarkData([tmp_path / "iu.csv", tmp_path / "extra.csv"], tmp_path / "g.csv", tmp_path / "v.csv")
     ctx = R._Context(plans, data, tmp_path, "cpu", False, 3, False, _encoder_provider(plans, 3))
