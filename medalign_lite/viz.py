@@ -660,6 +660,25 @@ def seed_points(frame, metrics: Sequence[str], intervals: dict | None = None, re
     return fig
 
 
+def confusion_panels(panels: dict[str, tuple[Sequence[str], np.ndarray]], title: str = "") -> plt.Figure:
+    """Row-normalised class confusions side by side, each ``(classes, C)`` (rows: the true class,
+    e.g. :func:`~medalign_lite.eval.retrieval.class_confusion_at_k`), annotated, with the mean
+    of the diagonal in the panel's title."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 0.6, 3.2), squeeze=False)
+    for ax, (name, (classes, m)) in zip(axes[0], panels.items()):
+        m = np.asarray(m, dtype=float)
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+        for (a, b), v in np.ndenumerate(m):
+            ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.6 else "black")
+        short = [c.replace("Pleural ", "Pl. ")[:13] for c in classes]
+        ax.set_xticks(range(len(classes)), short, rotation=45, ha="right", fontsize=6)
+        ax.set_yticks(range(len(classes)), short if ax is axes[0, 0] else [], fontsize=6)
+        ax.set_title(f"{name}\ndiagonal {np.nanmean(np.diag(m)):.2f}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def task_heatmap(table, title: str = "", center: float = 1.0) -> plt.Figure:
     """A systems × tasks heatmap of a DataFrame of numbers (e.g. each score over its task's
     reference), annotated with the values; NaN cells stay blank (seaborn ``heatmap``)."""

@@ -147,6 +147,12 @@ def _check_metrics(stem: str, metrics: dict, params: dict) -> None:
         assert 0 <= metrics["ceiling/i2i_P@5"] <= 1  # the supervised ceiling beside the methods
         assert 0 < metrics["supervised ceiling/n_phrases"] <= metrics["gloria/n_phrases"]
         assert metrics["gloria/ceiling_phrases/phrases"] == metrics["supervised ceiling/n_phrases"]
+        for name in methods:  # the class-confusion panel: rows sum to 1, the diagonal's mean is the seed's P@5
+            conf = metrics[f"{name}/seed{seed}/i2t_top5/confusion"]
+            assert all(abs(sum(row.values()) - 1) < 1e-3 for row in conf.values())
+            diag = sum(conf[c][c] for c in conf) / len(conf)  # Phantom-5x200: every class queried equally often
+            assert abs(diag - metrics[f"{name}/seed{seed}/i2t_P@5"]) < 1e-3
+        assert set(metrics["ceiling/head/confusion"]) == set(conf)
     if stem == "02_aga_gating_iga_bcga":
         n_seeds = min(params.get("n_seeds", 3), 2)
         assert metrics["seeds"] == [seed + i for i in range(n_seeds)]

@@ -162,3 +162,14 @@ def test_normalized_similarity_histograms_mark_each_styles_mean_and_sigma():
     assert not any(lab.startswith("structured: σ") for lab in labels)  # no σ given for it
     assert len(ax.patches) == 2  # one step histogram per style
     plt.close(fig)
+
+
+def test_confusion_panels_annotate_every_cell_and_title_the_diagonal():
+    m = np.array([[0.8, 0.2], [0.5, 0.5]])
+    fig = viz.confusion_panels({"method": (["Edema", "Pleural Effusion"], m), "ceiling": (["Edema", "Pleural Effusion"],
+                                                                                         np.eye(2))})
+    a, b = fig.axes
+    assert "diagonal 0.65" in a.get_title() and "diagonal 1.00" in b.get_title()
+    assert [t.get_text() for t in a.texts] == ["0.80", "0.20", "0.50", "0.50"]
+    assert [t.get_text() for t in a.get_yticklabels()] == ["Edema", "Pl. Effusion"]
+    plt.close("all")

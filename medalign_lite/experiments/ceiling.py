@@ -22,6 +22,9 @@ learning rate) trained on the manifest's 14 CheXpert labels instead of the repor
   score_grounding`). Findings with no CheXpert observation (hyperinflation, scoliosis, …) have
   no label to learn from and are left out; the result says how many phrases remain.
 - :func:`ceiling_auroc`: per-observation AUROC of the global logits on a split.
+- :func:`ceiling_class_confusion`: the global head as a classifier of the gallery's classes, in
+  the layout of :func:`~medalign_lite.eval.retrieval.class_confusion_at_k` (a reference for
+  where a method's image→text retrieval confuses classes).
 
 **Our readings** (the issue leaves them open): uncertain labels (-1) are ignored in the loss by
 default (``uncertain="ignore"``; ``"zero"`` / ``"one"`` map them, as CE's policies do), blank
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +53,8 @@ from ..utils import module_device, quiet_progress
 from .contrastive import AlignmentRecipe, finding_phrases, score_grounding
 from .generation import encode_dataset
 
-__all__ = ["MAPPED_KINDS", "UNCERTAIN", "LabelCeiling", "SupervisedCeiling", "build_ceiling", "ceiling_auroc", "ceiling_grounding", "ceiling_retrieval",
+__all__ = ["MAPPED_KINDS", "UNCERTAIN", "LabelCeiling", "SupervisedCeiling", "build_ceiling", "ceiling_auroc", "ceiling_class_confusion",
+           "ceiling_grounding", "ceiling_retrieval",
            "label_targets", "train_ceiling"]
 
 UNCERTAIN = ("ignore", "zero", "one")
@@ -189,6 +194,30 @@ def ceiling_auroc(model: LabelCeiling, dataset: ManifestDataset, batch_size: int
     has_both = (target & valid).any(0) & (~target & valid).any(0)
     scores = auroc(logits.T, target.T, valid.T)
     return {o: float(scores[j]) if has_both[j] else float("nan") for j, o in enumerate(CHEXPERT_LABELS)}
+
+
+def ceiling_class_confusion(model: LabelCeiling, gallery: ManifestDataset, label_column: str = "class",
+                            batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+    """The ceiling's global head as a classifier of the gallery's classes (each a CheXpert
+    observation, as in Phantom-5×200): every image gets the class whose logit is largest among
+    them. Returns ``(classes, C)``, ``C[a, b]`` the share of class-``a`` images given class ``b``
+    (rows sum to 1), the layout of :func:`~medalign_lite.eval.retrieval.class_confusion_at_k`.
+
+    On a gallery whose reports cluster tightly by class, a method's image→text P@K is close to
+    classifying each image by its nearest report class; this is the same task done by the model
+    that saw the labels, without any fitting on the gallery. A reference for where the confusions
+    lie, not the ceiling #11's targets use (that is :func:`ceiling_retrieval`'s image→image P@K).
+    """
+    classes = sorted(set(gallery.df[label_column].tolist()))
+    unknown = [c for c in classes if c not in CHEXPERT_LABELS]
+    if unknown:
+        raise ValueError(f"{label_column!r} holds classes with no CheXpert observation: {unknown}")
+    logits, _ = _logits_and_labels(model, gallery, batch_size)
+    pred = logits[:, [CHEXPERT_LABELS.index(c) for c in classes]].argmax(1).numpy()
+    true = np.array([classes.index(c) for c in gallery.df[label_column].tolist()])
+    counts = np.zeros((len(classes), len(classes)))
+    np.add.at(counts, (true, pred), 1)
+    return classes, counts / counts.sum(1, keepdims=True)
 
 
 @torch.no_grad()

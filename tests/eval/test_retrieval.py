@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from medalign_lite.eval.retrieval import (bench_retrieval, first_positive_rank, positives_from_duplicates,
-                                          precision_at_k, recall_at_k, retrieval_report, within_precision_at_k)
+from medalign_lite.eval.retrieval import (bench_retrieval, class_confusion_at_k, first_positive_rank,
+                                          positives_from_duplicates, precision_at_k, recall_at_k, retrieval_report,
+                                          within_precision_at_k)
 
 
 def _ranking(row: list[float]) -> list[int]:
@@ -145,3 +146,31 @@ def test_within_precision_leaves_each_item_out_and_matches_a_loop():
         assert got[k] == pytest.approx(sum(hits) / 12)
     # duplicated items: with itself left out each one's nearest neighbour is its twin
     assert within_precision_at_k(torch.cat([x[:3], x[:3]]), [0, 1, 2, 0, 1, 2], ks=(1,))[1] == 1.0
+
+
+@pytest.mark.parametrize("k,chunk", [(1, None), (3, 2), (5, 7)])
+def test_class_confusion_matches_a_per_query_loop_and_its_diagonal_is_p_at_k(k, chunk):
+    g = torch.Generator().manual_seed(1)
+    sim = torch.randint(0, 4, (9, 11), generator=g).float()  # many ties: the stable ranking decides
+    q_lab = ["b", "a", "c", "a", "b", "c", "a", "b", "c"]
+    g_lab = ["a", "b", "c", "d", "a", "b", "c", "d", "a", "b", "c"]
+    classes, conf = class_confusion_at_k(sim, q_lab, g_lab, k=k, chunk_size=chunk)
+    assert classes == ["a", "b", "c", "d"]
+    want = np.zeros((4, 4))
+    for q, row in enumerate(sim.tolist()):
+        for gi in _ranking(row)[:k]:
+            want[classes.index(q_lab[q]), classes.index(g_lab[gi])] += 1
+    with np.errstate(invalid="ignore"):
+        want = want / want.sum(1, keepdims=True)
+    np.testing.assert_allclose(conf[:3], want[:3])
+    assert np.isnan(conf[3]).all()  # "d" has no queries
+    np.testing.assert_allclose(conf[:3].sum(1), 1.0)
+    # three queries per class: the diagonal's mean is P@K
+    assert np.mean(np.diag(conf)[:3]) == pytest.approx(ref_precision(sim, q_lab, g_lab, (k,))[k])
+
+
+def test_class_confusion_checks_its_inputs():
+    with pytest.raises(ValueError, match="do not match"):
+        class_confusion_at_k(torch.zeros(2, 3), [0, 1], [0, 1], k=1)
+    with pytest.raises(ValueError):
+        class_confusion_at_k(torch.zeros(2, 3), [0, 1], [0, 1, 0], k=4)

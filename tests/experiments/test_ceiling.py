@@ -11,6 +11,7 @@ from medalign_lite.experiments.ceiling import (
     LabelCeiling,
     build_ceiling,
     ceiling_auroc,
+    ceiling_class_confusion,
     ceiling_grounding,
     ceiling_retrieval,
     label_targets,
@@ -133,3 +134,45 @@ def test_image_to_image_retrieval_leaves_each_query_out():
     torch.manual_seed(0)
     model = LabelCeiling(FakeImageEncoder())
     assert ceiling_retrieval(model, Gallery(), ks=(1,))["i2i_P@1"] == 0.0
+
+
+class _IndexedGallery(torch.utils.data.Dataset):
+    """Image i is filled with the value i, so that a fake model can look its logits up."""
+
+    def __init__(self, classes):
+        import pandas as pd
+
+        self.df = pd.DataFrame({"class": classes})
+
+    def __len__(self):
+        return len(self.df)
+
+    def __getitem__(self, i):
+        return {"study_id": str(i), "text": "", "labels": torch.zeros(14), "frontal": torch.full((1, 8, 8), float(i))}
+
+
+class _TableCeiling(torch.nn.Module):
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def logits(self, images):
+        return self.table[images[:, 0, 0, 0].long()]
+
+
+def test_ceiling_class_confusion_matches_a_per_image_loop():
+    from medalign_lite.data.findings import CHEXPERT_LABELS
+
+    classes = ["Edema", "Cardiomegaly", "Pleural Effusion", "Edema", "Cardiomegaly", "Edema", "Pleural Effusion"]
+    table = torch.randn(len(classes), 14, generator=torch.Generator().manual_seed(3))
+    got_classes, conf = ceiling_class_confusion(_TableCeiling(table), _IndexedGallery(classes), batch_size=3)
+    assert got_classes == ["Cardiomegaly", "Edema", "Pleural Effusion"]
+    want = torch.zeros(3, 3)
+    for i, c in enumerate(classes):  # the largest logit among the gallery's classes only
+        scores = [float(table[i, CHEXPERT_LABELS.index(k)]) for k in got_classes]
+        want[got_classes.index(c), scores.index(max(scores))] += 1
+    want /= want.sum(1, keepdim=True)
+    assert conf.shape == (3, 3)
+    assert torch.allclose(torch.as_tensor(conf, dtype=torch.float32), want)
+    with pytest.raises(ValueError, match="no CheXpert observation"):
+        ceiling_class_confusion(_TableCeiling(table[:2]), _IndexedGallery(["Edema", "normal"]))
