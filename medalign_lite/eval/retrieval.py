@@ -182,14 +182,12 @@ def class_confusion_at_k(similarity: torch.Tensor, query_labels: Labels, gallery
     sim = _check_similarity(similarity)
     n_q, n_g = sim.shape
     (k,) = _check_ks((k,), n_g)
-    q_np = np.asarray(query_labels.cpu() if isinstance(query_labels, torch.Tensor) else query_labels)
-    g_np = np.asarray(gallery_labels.cpu() if isinstance(gallery_labels, torch.Tensor) else gallery_labels)
-    classes = sorted(set(q_np.tolist()) | set(g_np.tolist()))
-    code = {c: i for i, c in enumerate(classes)}
-    q_codes = torch.tensor([code[c] for c in q_np.tolist()], dtype=torch.long)
-    g_codes = torch.tensor([code[c] for c in g_np.tolist()], dtype=torch.long, device=sim.device)
+    q_np, g_np = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (query_labels, gallery_labels))
+    q_codes, g_codes = encode_labels(q_np, g_np)  # codes index np.unique's sorted classes
     if len(q_codes) != n_q or len(g_codes) != n_g:
         raise ValueError(f"labels ({len(q_codes)}, {len(g_codes)}) do not match similarity {(n_q, n_g)}")
+    classes = np.unique(np.concatenate([q_np, g_np])).tolist()
+    g_codes = g_codes.to(sim.device)
     n = len(classes)
     counts = torch.zeros(n * n, dtype=torch.float64)
     step = _chunk_size(n_g, chunk_size)
