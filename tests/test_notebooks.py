@@ -42,7 +42,14 @@ OTHER_PARAMETERS = {
 
 @pytest.fixture(scope="session")
 def data_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("medalign_data")
+    """One data cache for the whole run. Under pytest-xdist (``make test`` runs two workers) the
+    workers share it: the run's temp root is common to them, and ``ensure_dataset`` and the
+    pretrained-encoder caches take turns through ``data.build_lock``, so a dataset is built once."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return tmp_path_factory.mktemp("medalign_data")
+    shared = tmp_path_factory.getbasetemp().parent / "medalign_data"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 def _env(data_home: Path) -> dict:
