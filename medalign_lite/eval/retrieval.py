@@ -74,15 +74,22 @@ def encode_labels(query_labels: Labels, gallery_labels: Labels) -> tuple[torch.T
     """
     if isinstance(query_labels, torch.Tensor) and isinstance(gallery_labels, torch.Tensor):
         return query_labels.long().reshape(-1), gallery_labels.long().reshape(-1)
+    _, q_codes, g_codes = _classes_and_codes(query_labels, gallery_labels)
+    return q_codes, g_codes
+
+
+def _classes_and_codes(query_labels: Labels, gallery_labels: Labels) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """The sorted union of both label sets and each item's index into it (``encode_labels``
+    without its shortcut for tensors, which keeps their values as codes)."""
     q = np.asarray(query_labels.cpu() if isinstance(query_labels, torch.Tensor) else query_labels)
     g = np.asarray(gallery_labels.cpu() if isinstance(gallery_labels, torch.Tensor) else gallery_labels)
     if q.ndim != 1 or g.ndim != 1:
         raise ValueError("single-label retrieval: labels must be 1-D (one class per item)")
     if q.dtype.kind != g.dtype.kind and {q.dtype.kind, g.dtype.kind} & {"U", "S", "O"}:
         raise TypeError(f"query labels ({q.dtype}) and gallery labels ({g.dtype}) are of different kinds")
-    _, codes = np.unique(np.concatenate([q, g]), return_inverse=True)
+    classes, codes = np.unique(np.concatenate([q, g]), return_inverse=True)
     codes = torch.from_numpy(codes.reshape(-1).astype(np.int64))
-    return codes[: len(q)], codes[len(q):]
+    return classes.tolist(), codes[: len(q)], codes[len(q):]
 
 
 def _stable_top_k(sim: torch.Tensor, k: int) -> torch.Tensor:
@@ -182,11 +189,9 @@ def class_confusion_at_k(similarity: torch.Tensor, query_labels: Labels, gallery
     sim = _check_similarity(similarity)
     n_q, n_g = sim.shape
     (k,) = _check_ks((k,), n_g)
-    q_np, g_np = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (query_labels, gallery_labels))
-    q_codes, g_codes = encode_labels(q_np, g_np)  # codes index np.unique's sorted classes
+    classes, q_codes, g_codes = _classes_and_codes(query_labels, gallery_labels)
     if len(q_codes) != n_q or len(g_codes) != n_g:
         raise ValueError(f"labels ({len(q_codes)}, {len(g_codes)}) do not match similarity {(n_q, n_g)}")
-    classes = np.unique(np.concatenate([q_np, g_np])).tolist()
     g_codes = g_codes.to(sim.device)
     n = len(classes)
     counts = torch.zeros(n * n, dtype=torch.float64)

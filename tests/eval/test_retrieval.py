@@ -169,6 +169,14 @@ def test_class_confusion_matches_a_per_query_loop_and_its_diagonal_is_p_at_k(k, 
     assert np.mean(np.diag(conf)[:3]) == pytest.approx(ref_precision(sim, q_lab, g_lab, (k,))[k])
 
 
+def test_class_confusion_codes_tensor_labels_by_their_sorted_values():
+    # tensor labels that are not 0..n-1 (encode_labels would keep 7 and 3 as codes)
+    sim = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
+    classes, conf = class_confusion_at_k(sim, torch.tensor([7, 3]), torch.tensor([7, 3, 3]), k=2)
+    assert classes == [3, 7]
+    np.testing.assert_allclose(conf, [[1.0, 0.0], [0.5, 0.5]])  # row 3: items 1, 2; row 7: items 0, 2
+
+
 def test_class_confusion_checks_its_inputs():
     with pytest.raises(ValueError, match="do not match"):
         class_confusion_at_k(torch.zeros(2, 3), [0, 1], [0, 1], k=1)
