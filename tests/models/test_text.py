@@ -237,3 +237,28 @@ def test_feature_cache_travels_as_tensors_and_keeps_the_rows_it_holds(tiny_token
     torch.testing.assert_close(got.pooled[0], ref.pooled[0])
     torch.testing.assert_close(got.tokens[0][got.mask[0]], ref.tokens[0][ref.mask[0]])
     torch.testing.assert_close(got.pooled[1], mine.pooled[0] + 1)
+
+
+def test_cached_features_do_not_depend_on_the_rows_encoded_beside_them():
+    """A report's cached features are the same bit for bit whoever encoded it first: in a batch
+    of 16, one at a time or in threes (MiniLM, real weights). When each sub-batch was trimmed to
+    its longest row, these differed in float rounding (and a GLoRIA run read other features beside
+    ConVIRT than alone, from its second epoch on)."""
+    texts = [f"The heart is {s}. {o} in the {side} {zone}. No pneumothorax."
+             for s in ("normal", "enlarged", "mildly enlarged", "borderline")
+             for o in ("Patchy opacity", "A small effusion", "Atelectasis", "A nodule")
+             for side, zone in (("left", "base"), ("right", "upper zone"))][:24]
+    texts += [t + " Degenerative changes of the thoracic spine are noted, with small osteophytes." for t in texts[:8]]
+
+    def encoded(groups):
+        enc = build_text_encoder().requires_grad_(False).cache_features()
+        for g in groups:
+            enc.encode(g)
+        return enc._cache
+
+    ref = encoded([texts[i:i + 16] for i in range(0, len(texts), 16)])
+    for groups in ([[t] for t in texts], [texts[i:i + 3] for i in range(0, len(texts), 3)]):
+        other = encoded(groups)
+        assert other.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(other[k][0], ref[k][0]) and torch.equal(other[k][1], ref[k][1])
