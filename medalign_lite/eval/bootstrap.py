@@ -45,7 +45,8 @@ def paired_bootstrap(a, b, reduce: Reduce = mean_reduce, n_boot: int = 2000, con
         ``{"diff"`` (Δ on the items as given), ``"low", "high"`` (percentile interval),
         ``"per_seed"`` (each seed's difference on the items as given: seeds paired in order
         when both have S seeds, else each seed of ``a`` against the seed mean of ``b``),
-        ``"p_a_not_better"`` (fraction of replicates with Δ ≤ 0), ``"n", "n_boot"}``.
+        ``"p_a_not_better"`` (fraction of replicates with Δ ≤ 0), ``"scores_a", "scores_b"``
+        (each seed's score on the items as given), ``"n", "n_boot"}``.
     """
     if n_boot < 1 or not 0 < confidence < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < confidence < 1, got {n_boot} and {confidence}")
@@ -70,4 +71,5 @@ def paired_bootstrap(a, b, reduce: Reduce = mean_reduce, n_boot: int = 2000, con
     lo, hi = np.quantile(d[1:], [(1 - confidence) / 2, (1 + confidence) / 2])
     per_seed = (sa[:, 0] - sb[:, 0]) if sa.shape[0] == sb.shape[0] else (sa[:, 0] - sb[:, 0].mean())
     return {"diff": float(d[0]), "low": float(lo), "high": float(hi), "per_seed": [float(x) for x in per_seed],
-            "p_a_not_better": float((d[1:] <= 0).mean()), "n": int(n), "n_boot": int(n_boot)}
+            "p_a_not_better": float((d[1:] <= 0).mean()), "scores_a": [float(x) for x in sa[:, 0]],
+            "scores_b": [float(x) for x in sb[:, 0]], "n": int(n), "n_boot": int(n_boot)}

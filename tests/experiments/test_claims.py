@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from medalign_lite.eval.bootstrap import mean_reduce, paired_bootstrap
 from medalign_lite.eval.clinical import ce_counts, ce_metrics, macro_f1, micro_f1
-from medalign_lite.experiments.claims import ce_claim, claims_metrics, claims_table, decide
+from medalign_lite.experiments.claims import ce_claim, claims_metrics, claims_table, decide, welch_p
 
 
 def _reference_bootstrap(a, b, reduce, n_boot, seed):
@@ -36,6 +36,8 @@ def test_vectorised_bootstrap_matches_the_loop(n_seeds, n, seed):
     assert r["low"] == pytest.approx(lo) and r["high"] == pytest.approx(hi)
     assert r["diff"] == pytest.approx(a.mean() - b.mean())
     np.testing.assert_allclose(r["per_seed"], a.mean(1) - b.mean(1))
+    np.testing.assert_allclose(r["scores_a"], a.mean(1))
+    np.testing.assert_allclose(r["scores_b"], b.mean(1))
 
 
 def test_ce_counts_reduce_to_ce_metrics():
@@ -76,3 +78,38 @@ def test_shapes_are_checked():
         paired_bootstrap(np.zeros(5), np.zeros(5))
     with pytest.raises(ValueError, match="same items"):
         paired_bootstrap(np.zeros((1, 5)), np.zeros((1, 6)))
+
+
+def _welch_reference(x, y):
+    """Welch's t-test written out: t, the Welch-Satterthwaite degrees of freedom, two-sided p."""
+    from scipy.stats import t as student
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    t = (x.mean() - y.mean()) / np.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    return 2 * student.sf(abs(t), df)
+
+
+def test_every_claim_carries_the_seeds_welch_test():
+    """The seed-level test beside the verdict (claims module docstring: the rule itself decided a
+    fifth of the comparisons between runs that differ by chance). Three seeds that agree in sign
+    with a clear item interval make a verdict, and the seeds alone need not carry it."""
+    kw = {"name": "a > b", "a_name": "a", "b_name": "b", "metric": "P@5", "n_boot": 500}
+    rng = np.random.default_rng(3)
+    base = rng.random((3, 400))
+    noisy = base + np.array([0.02, 0.15, 0.01])[:, None]  # every seed above, by very different amounts
+    c = decide(noisy, base, **kw)
+    assert c.verdict == "holds"
+    assert c.seed_p == pytest.approx(_welch_reference(noisy.mean(1), base.mean(1)))
+    assert c.seed_p > 0.05 and "Welch p" in c.line()
+    steady = decide(base + 0.2 + rng.normal(0, 0.002, (3, 1)), base, **kw)
+    assert steady.verdict == "holds" and steady.seed_p < 0.01
+    assert claims_table([c, steady])["seed_p"].tolist() == [c.seed_p, steady.seed_p]
+    assert claims_metrics([c])["claim/a>b/P@5"]["seed_p"] == round(c.seed_p, 4)
+    # one seed on a side, or seeds that do not vary: no test
+    assert decide(base[:1] + 0.2, base[:1], **kw).seed_p is None
+    assert decide(base[:1] + 0.2, base, **kw).seed_p is None
+    assert welch_p([0.5, 0.5], [0.4, 0.4]) is None
+    assert welch_p([0.5, 0.6, 0.7], [0.1, 0.2, 0.35]) == pytest.approx(_welch_reference([0.5, 0.6, 0.7], [0.1, 0.2, 0.35]))
+    assert "Welch" not in decide(base[:1] + 0.2, base[:1], **kw).line()
