@@ -22,8 +22,8 @@ split every way into two groups of three "seeds": the rule decided 20 % of the 8
 pointing-game hits (30 % of the 10 splits of the one recipe's six runs) and 23 % on image→text
 P@5 — where a calibrated 95 % test decides 5 %. Both parts of the rule look at items: the
 bootstrap draws test items for fixed models, and three seeds agree in sign by chance one time in
-four. Seeds of two systems are not pairs either (runs part in float rounding within an epoch).
-So every claim also carries :attr:`Claim.seed_p`, Welch's two-sided t-test on the systems' seed
+four. Nor are two systems' seed-s runs a pair: two runs of one recipe and seed parted by float
+rounding after one epoch and ended as far apart as two seeds. So every claim also carries :attr:`Claim.seed_p`, Welch's two-sided t-test on the systems' seed
 scores (each seed an independent run): it decided 4 % and 5 % of the same splits. A verdict
 whose ``seed_p`` is ≥ 0.05 is one the seeds do not carry; read it as undecided. (The verdict is
 kept as defined above, so runs stay comparable with earlier ones; the notebooks print both.)
