@@ -16,8 +16,8 @@ says so. An undecided claim is a result only when a longer run cannot separate t
 either (DESIGN.md); the notebooks say which budget they tried.
 
 **How often the rule is fooled by run-to-run noise (measured, 2026-12-08).** Nine GLoRIA runs of
-notebook 01 whose recipes differ by nothing that matters (three at the default batch of 32, six
-at batch 16 for the same pairs: two runs of one recipe and seeds that part in float rounding),
+notebook 01 (six of one recipe, batch 16 for the default's pairs: two runs of one set of seeds that
+part in float rounding; three of the default batch of 32, which no test told apart from them),
 split every way into two groups of three "seeds": the rule decided 20 % of the 840 splits on
 pointing-game hits (30 % of the 10 splits of the one recipe's six runs) and 23 % on image→text
 P@5 — where a calibrated 95 % test decides 5 %. Both parts of the rule look at items: the
